@@ -1,0 +1,178 @@
+"""Image embeddings: untiled or tiled (tile + halo), batched, optionally cached in zarr.
+
+An untiled embedding is one (1, 256, 64, 64) array; a tiled one holds (n_tiles, 256, 64, 64),
+one per outer block of :func:`pathosam.tiling.tile_grid`, each computed from that block alone
+(resized to 1024 on its longest side, normalised per tile in ``minmax`` mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .image import Normalization, prepare_input, to_rgb_uint8
+from .tiling import Tile, tile_grid, tile_slices
+
+CACHE_FORMAT = "pathosam-embeddings-1"
+
+
+@dataclass
+class ImageEmbeddings:
+    """Embeddings of one image.
+
+    ``features``: (n, 256, 64, 64) float32 (numpy or zarr array); n = 1 when untiled.
+    ``input_sizes`` / ``original_sizes``: per entry, (H, W) after resizing / of the block.
+    ``tiles``: the tile grid (None when untiled). ``image_shape``: (H, W) of the full image.
+    """
+
+    features: object
+    input_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    image_shape: tuple[int, int]
+    tile_shape: tuple[int, int] | None = None
+    halo: tuple[int, int] | None = None
+    tiles: list[Tile] | None = None
+    normalization: str = "none"
+    signature: dict = field(default_factory=dict)
+
+    @property
+    def tiled(self) -> bool:
+        return self.tiles is not None
+
+    def __len__(self) -> int:
+        return len(self.input_sizes)
+
+    def feature(self, i: int) -> np.ndarray:
+        """(1, 256, 64, 64) embedding of entry ``i``."""
+        return np.asarray(self.features[i : i + 1])
+
+
+def image_signature(rgb: np.ndarray) -> str:
+    """sha1 of the image bytes and shape (what a cache is keyed by)."""
+    h = hashlib.sha1(np.ascontiguousarray(rgb).tobytes())
+    h.update(repr(rgb.shape).encode())
+    return h.hexdigest()
+
+
+def _signature(image: np.ndarray, model_id: str, tile_shape, halo, normalization: str) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "image": image_signature(image),
+        "image_shape": list(image.shape),
+        "model": model_id,
+        "tile_shape": list(tile_shape) if tile_shape else None,
+        "halo": list(halo) if halo else None,
+        "normalization": normalization,
+    }
+
+
+def compute_embeddings(
+    encode,
+    image: np.ndarray,
+    model_id: str,
+    tile_shape: tuple[int, int] | None = None,
+    halo: tuple[int, int] | None = None,
+    batch_size: int = 1,
+    normalization: Normalization = "none",
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ImageEmbeddings:
+    """Embed ``image`` with ``encode`` ((B, 3, h, w) 0..255 list -> (B, 256, 64, 64)).
+
+    With ``cache``, a zarr store is read if its signature matches (else a clear error) and
+    written (to a temporary name, then renamed) if absent.
+    """
+    from tqdm.auto import tqdm
+
+    if (tile_shape is None) != (halo is None):
+        if halo is None:
+            halo = (0, 0)
+        else:
+            raise ValueError("halo given without tile_shape")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rgb_full = to_rgb_uint8(image, "none")  # validates; minmax is applied per tile below
+    H, W = rgb_full.shape[:2]
+    tiles = tile_grid((H, W), tile_shape, halo) if tile_shape is not None else None
+    sig = _signature(np.asarray(image), model_id, tile_shape, halo, normalization)
+    if cache is not None and Path(cache).exists():
+        return load_cache(cache, sig)
+
+    blocks = [tile_slices(t.outer) for t in tiles] if tiles else [(slice(0, H), slice(0, W))]
+    n = len(blocks)
+    features = np.empty((n, 256, 64, 64), dtype=np.float32)
+    input_sizes, original_sizes = [], []
+    bar = tqdm(total=n, desc="embedding tiles" if tiles else "embedding", disable=not progress or n == 1)
+    for start in range(0, n, batch_size):
+        batch = []
+        for sl in blocks[start : start + batch_size]:
+            crop = np.asarray(image)[sl]
+            rgb = to_rgb_uint8(crop, normalization) if normalization == "minmax" else rgb_full[sl]
+            tensor, in_size, orig = prepare_input(rgb)
+            batch.append(tensor)
+            input_sizes.append(in_size)
+            original_sizes.append(orig)
+        features[start : start + len(batch)] = encode(batch)
+        bar.update(len(batch))
+    bar.close()
+    emb = ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
+                          halo and tuple(halo), tiles, normalization, sig)
+    if cache is not None:
+        save_cache(emb, cache)
+    return emb
+
+
+def save_cache(emb: ImageEmbeddings, path: str | os.PathLike) -> None:
+    """Write embeddings to a zarr store (atomically: temporary name, then rename)."""
+    import zarr
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root = zarr.open_group(str(tmp), mode="w")
+    arr = root.create_array("features", shape=np.shape(emb.features), chunks=(1, 256, 64, 64), dtype="float32")
+    arr[...] = np.asarray(emb.features)
+    root.attrs["signature"] = emb.signature
+    root.attrs["input_sizes"] = [list(s) for s in emb.input_sizes]
+    root.attrs["original_sizes"] = [list(s) for s in emb.original_sizes]
+    os.replace(tmp, path)
+
+
+def load_cache(path: str | os.PathLike, expected: dict) -> ImageEmbeddings:
+    """Open a zarr embedding cache, refusing one made for another image, model or tiling."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        sig = dict(root.attrs["signature"])
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: not a pathosam embedding cache ({err})") from None
+    if sig != expected:
+        diff = [k for k in expected if sig.get(k) != expected[k]]
+        raise ValueError(
+            f"{path}: this embedding cache was made for a different {', '.join(diff)} "
+            f"(cache: {json.dumps({k: sig.get(k) for k in diff})}); delete it or choose another path"
+        )
+    tile_shape = tuple(sig["tile_shape"]) if sig["tile_shape"] else None
+    halo = tuple(sig["halo"]) if sig["halo"] else None
+    H, W = sig["image_shape"][:2]
+    return ImageEmbeddings(
+        root["features"],
+        [tuple(s) for s in root.attrs["input_sizes"]],
+        [tuple(s) for s in root.attrs["original_sizes"]],
+        (H, W),
+        tile_shape,
+        halo,
+        tile_grid((H, W), tile_shape, halo) if tile_shape else None,
+        sig["normalization"],
+        sig,
+    )
+

@@ -1,0 +1,243 @@
+"""The user-facing model: SAM + optional instance and semantic UNETR decoders.
+
+``load_model`` builds it from a registry name or any reference checkpoint file; its methods
+compute embeddings, decoder maps and prompted masks on numpy images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .embeddings import ImageEmbeddings, compute_embeddings
+from .image import Normalization, transform_coords
+from .models.checkpoint import CheckpointError, decoder_flavour, read_checkpoint
+from .models.sam import Sam, build_sam, config_from_state_dict
+from .models.unetr import BNMode, UNETRDecoder, postprocess_maps
+from .tiling import tile_slices
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def build_decoder(state: dict[str, torch.Tensor], final_activation: str | None = "sigmoid") -> UNETRDecoder:
+    """Build a UNETR decoder with the flavour and channel count found in ``state`` and load it."""
+    transposed, out_channels = decoder_flavour(state)
+    decoder = UNETRDecoder(out_channels, transposed, final_activation=final_activation)
+    missing, unexpected = decoder.load_state_dict(state, strict=False)
+    if missing:
+        raise CheckpointError(f"decoder weights are missing {len(missing)} keys, e.g. {missing[:3]}")
+    return decoder.eval()
+
+
+class PathoSAM:
+    """SAM with an instance (AIS) decoder and optionally a semantic decoder.
+
+    Prompts follow SAM: points (x, y), boxes (x0, y0, x1, y1), in pixels of the image given.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        decoder: UNETRDecoder | None = None,
+        semantic_decoder: UNETRDecoder | None = None,
+        device: str | torch.device | None = None,
+        name: str = "custom",
+        model_id: str | None = None,
+    ) -> None:
+        self.device = _device(device)
+        self.sam = sam.eval().to(self.device)
+        self.decoder = decoder.eval().to(self.device) if decoder is not None else None
+        self.semantic_decoder = semantic_decoder.eval().to(self.device) if semantic_decoder is not None else None
+        self.name = name
+        self.model_id = model_id or name
+
+    # ------------------------------------------------------------------ embeddings
+    @torch.inference_mode()
+    def _encode(self, batch: list[torch.Tensor]) -> np.ndarray:
+        x = torch.cat([self.sam.preprocess(t.to(self.device)[None]) for t in batch])
+        return self.sam.image_encoder(x).float().cpu().numpy()
+
+    def embed(
+        self,
+        image: np.ndarray,
+        tile_shape: tuple[int, int] | None = None,
+        halo: tuple[int, int] | None = None,
+        batch_size: int = 1,
+        normalization: Normalization = "none",
+        cache: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> ImageEmbeddings:
+        """Image embeddings, untiled (``tile_shape=None``) or tiled with ``halo`` (rows, cols)."""
+        return compute_embeddings(
+            self._encode, image, self.model_id, tile_shape, halo, batch_size, normalization, cache, progress
+        )
+
+    # ------------------------------------------------------------------ decoder maps
+    def _maps(
+        self, decoder: UNETRDecoder | None, what: str, emb: ImageEmbeddings, bn_mode: BNMode, batch_size: int,
+        progress: bool,
+    ) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        if decoder is None:
+            raise RuntimeError(f"this model has no {what} decoder loaded")
+        H, W = emb.image_shape
+        out = np.zeros((decoder.out_channels, H, W), dtype=np.float32)
+        n = len(emb)
+        bar = tqdm(total=n, desc=f"{what} maps", disable=not progress or n == 1)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                feats = torch.from_numpy(np.asarray(emb.features[start:stop])).to(self.device)
+                maps = decoder(feats, bn_mode)
+                for j, i in enumerate(range(start, stop)):
+                    tile_maps = postprocess_maps(maps[j : j + 1], emb.input_sizes[i], emb.original_sizes[i])[0]
+                    tile_maps = tile_maps.float().cpu().numpy()
+                    if emb.tiles is None:
+                        out[:] = tile_maps
+                    else:
+                        tile = emb.tiles[i]
+                        out[(slice(None), *tile_slices(tile.inner))] = tile_maps[
+                            (slice(None), *tile_slices(tile.inner_local))
+                        ]
+                bar.update(stop - start)
+        bar.close()
+        return out
+
+    def instance_maps(
+        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
+    ) -> np.ndarray:
+        """float32 (3, H, W): foreground probability, centre distance, boundary distance."""
+        return self._maps(self.decoder, "instance", emb, bn_mode, batch_size, progress)
+
+    def semantic_maps(
+        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
+    ) -> np.ndarray:
+        """float32 (6, H, W) per-class sigmoid scores (background + 5 PanNuke classes); argmax = class."""
+        return self._maps(self.semantic_decoder, "semantic", emb, bn_mode, batch_size, progress)
+
+    # ------------------------------------------------------------------ prompts
+    @torch.inference_mode()
+    def predict(
+        self,
+        emb: ImageEmbeddings,
+        points=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask: bool = False,
+        index: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment one object from prompts on an untiled embedding (or tile ``index``).
+
+        ``points``: (N, 2) (x, y) pixels; ``point_labels``: (N,) 1 = object, 0 = background;
+        ``box``: (x0, y0, x1, y1) pixels; ``mask_input``: (1, 256, 256) low-res logits from a
+        previous call. Returns masks (C, H, W) bool, IoU predictions (C,), low-res logits
+        (C, 256, 256); C = 3 with ``multimask`` else 1.
+        """
+        orig = emb.original_sizes[index]
+        in_size = emb.input_sizes[index]
+        dev = self.device
+        pts = None
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            if point_labels is None:
+                raise ValueError("point_labels are required with points")
+            labels = np.asarray(point_labels).reshape(-1)
+            if len(labels) != len(coords):
+                raise ValueError(f"{len(coords)} points but {len(labels)} point_labels")
+            coords = transform_coords(coords, orig)
+            pts = (torch.as_tensor(coords, dtype=torch.float32, device=dev)[None],
+                   torch.as_tensor(labels, dtype=torch.int64, device=dev)[None])
+        boxes = None
+        if box is not None:
+            b = transform_coords(np.asarray(box, dtype=np.float64).reshape(2, 2), orig).reshape(1, 4)
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
+        masks = None
+        if mask_input is not None:
+            masks = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=dev).reshape(1, 1, 256, 256)
+        if pts is None and boxes is None and masks is None:
+            raise ValueError("give at least one prompt: points, box or mask_input")
+        sparse, dense = self.sam.prompt_encoder(pts, boxes, masks)
+        feats = torch.from_numpy(emb.feature(index)).to(dev)
+        low_res, iou = self.sam.mask_decoder(
+            feats, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=multimask
+        )
+        full = Sam.postprocess_masks(low_res, in_size, orig)
+        return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+
+def load_model(
+    model: str | os.PathLike = "vit_b_histopathology",
+    decoder: str | os.PathLike | None = None,
+    semantic_decoder: str | os.PathLike | bool | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> PathoSAM:
+    """Load a model by registry name (downloaded/cached) or from reference checkpoint files.
+
+    ``model``: registry name (``pathosam models list``) or a file in any reference layout (a
+    training checkpoint or ``{model_state, decoder_state}`` file brings its decoder along).
+    ``decoder``: a separate decoder file; ``semantic_decoder``: a file, or True to use the
+    registered semantic decoder of a registry model.
+    """
+    from . import registry
+
+    name = str(model)
+    model_id = name
+    if registry.is_registered(name) and not Path(name).exists():
+        entry = registry.get(name)
+        sam_path = registry.fetch(name, progress=progress)
+        model_id = f"{name}:{entry.hash}"
+        if decoder is None and entry.decoder:
+            decoder = registry.fetch(entry.decoder, progress=progress)
+        if semantic_decoder is True:
+            if not entry.semantic_decoder:
+                raise ValueError(f"model {name!r} has no registered semantic decoder")
+            semantic_decoder = registry.fetch(entry.semantic_decoder, progress=progress)
+    else:
+        sam_path = Path(name)
+        if not sam_path.exists():
+            raise FileNotFoundError(
+                f"{name!r} is neither a registered model name ({', '.join(registry.names())}) nor an existing file"
+            )
+        if semantic_decoder is True:
+            raise ValueError("semantic_decoder=True needs a registry model; pass the decoder file instead")
+        model_id = f"{sam_path.name}:{registry.file_hash(sam_path)}"
+    ck = read_checkpoint(sam_path)
+    if ck.sam_state is None:
+        raise CheckpointError(f"{sam_path}: holds no SAM weights (layout {ck.layout}); is it a decoder file?")
+    sam = build_sam(config_from_state_dict(ck.sam_state))
+    sam.load_state_dict(ck.sam_state, strict=True)
+    dec_state = ck.decoder_state
+    if decoder is not None:
+        dck = read_checkpoint(decoder)
+        if dck.decoder_state is None:
+            raise CheckpointError(f"{decoder}: holds no UNETR decoder weights (layout {dck.layout})")
+        dec_state = dck.decoder_state
+        model_id += f"+{Path(decoder).name}:{registry.file_hash(decoder)}"
+    inst = sem = None
+    if dec_state is not None:
+        d = build_decoder(dec_state)
+        if d.out_channels == 3:
+            inst = d
+        else:
+            sem = d
+    if semantic_decoder not in (None, False):
+        sck = read_checkpoint(semantic_decoder)
+        if sck.decoder_state is None:
+            raise CheckpointError(f"{semantic_decoder}: holds no UNETR decoder weights")
+        sem = build_decoder(sck.decoder_state)
+        model_id += f"+sem:{registry.file_hash(semantic_decoder)}"
+    return PathoSAM(sam, inst, sem, device=device, name=Path(name).name, model_id=model_id)

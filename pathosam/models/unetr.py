@@ -1,0 +1,183 @@
+"""The UNETR decoder of micro-sam / torch-em, applied to SAM image embeddings.
+
+Consumes the (B, 256, 64, 64) embedding only (no encoder skip connections) and predicts
+(B, C, 1024, 1024) maps: C = 3 for instances (foreground, centre distance, boundary distance,
+sigmoid) or 6 for PanNuke classes. State-dict keys equal micro-sam's ``decoder_state``.
+
+Two upsampler flavours exist in released files: transposed convolutions (``.block.`` keys,
+torch-em <= 0.7.9, the released PathoSAM decoders) and bilinear x2 + 1x1 conv (``.conv.`` keys).
+
+BatchNorm (in ``deconv1..4``): ``bn_mode="per_tile"`` normalises every sample with its own
+statistics (what micro-sam does at batch size 1, because it never calls ``.eval()``; results do
+not depend on how tiles are batched); ``"running"`` uses the stored running statistics.
+Running statistics are never updated at inference (micro-sam updates them; we do not).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BNMode = Literal["per_tile", "running"]
+FEATURES = (512, 256, 128, 64)
+
+
+class TransposedUpsampler(nn.Module):
+    """x2 upsampling by a 2x2 stride-2 transposed convolution (keys ``block.*``)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class InterpolationUpsampler(nn.Module):
+    """x2 bilinear upsampling (align_corners=False) followed by a 1x1 conv (keys ``conv.*``).
+
+    The 1x1 conv is applied before the interpolation: both are linear and the bilinear weights
+    sum to one, so the result is the same up to float rounding at a quarter of the cost when
+    the channel count shrinks.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.out_channels <= self.conv.in_channels:
+            return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def _upsampler(transposed: bool, in_channels: int, out_channels: int) -> nn.Module:
+    cls = TransposedUpsampler if transposed else InterpolationUpsampler
+    return cls(in_channels, out_channels)
+
+
+class ConvBlock(nn.Module):
+    """InstanceNorm -> 3x3 conv -> ReLU, twice (keys ``block.1``, ``block.4``)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.InstanceNorm2d(in_channels),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.InstanceNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class SingleConv(nn.Module):
+    """A 3x3 convolution wrapped as torch-em's ``SingleConv2DBlock`` (key ``block``)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DeconvBlock(nn.Module):
+    """Upsampler -> 3x3 conv -> BatchNorm -> ReLU (keys ``block.0``, ``block.1``, ``block.2``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, transposed: bool) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _upsampler(transposed, in_channels, out_channels),
+            SingleConv(out_channels, out_channels),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, bn_mode: BNMode) -> torch.Tensor:
+        up, conv, bn, _ = self.block
+        x = conv(up(x))
+        if bn_mode == "per_tile":
+            # Train-mode BatchNorm on a batch of one sample == instance norm with BN's affine.
+            x = F.instance_norm(x, weight=bn.weight, bias=bn.bias, eps=bn.eps)
+        elif bn_mode == "running":
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        else:
+            raise ValueError(f"bn_mode must be 'per_tile' or 'running', got {bn_mode!r}")
+        return torch.relu_(x)
+
+
+class Decoder(nn.Module):
+    """The U-Net decoder path: upsample, concat a channel-centre-cropped skip, ConvBlock."""
+
+    def __init__(self, transposed: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ConvBlock(FEATURES[i], FEATURES[i + 1]) for i in range(3))
+        self.samplers = nn.ModuleList(_upsampler(transposed, FEATURES[i], FEATURES[i + 1]) for i in range(3))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for block, sampler, skip in zip(self.blocks, self.samplers, skips):
+            x = sampler(x)
+            # torch-em centre-crops the skip to x's shape in *every* dimension, channels included.
+            lo = (skip.shape[1] - x.shape[1]) // 2
+            x = block(torch.cat([x, skip[:, lo : lo + x.shape[1]]], dim=1))
+        return x
+
+
+class UNETRDecoder(nn.Module):
+    """UNETR decoder head on SAM embeddings (``out_channels`` 3: instances, 6: semantic)."""
+
+    def __init__(
+        self,
+        out_channels: int = 3,
+        transposed: bool = True,
+        embed_dim: int = 256,
+        final_activation: Literal["sigmoid"] | None = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.transposed = transposed
+        self.final_activation = final_activation
+        # Registration order = state-dict order of micro-sam's decoder_state.
+        self.decoder = Decoder(transposed)
+        self.deconv1 = DeconvBlock(embed_dim, FEATURES[0], transposed)
+        self.deconv2 = DeconvBlock(FEATURES[0], FEATURES[1], transposed)
+        self.deconv3 = DeconvBlock(FEATURES[1], FEATURES[2], transposed)
+        self.deconv4 = DeconvBlock(FEATURES[2], FEATURES[3], transposed)
+        self.base = ConvBlock(embed_dim, FEATURES[0])
+        self.out_conv = nn.Conv2d(FEATURES[3], out_channels, kernel_size=1)
+        self.deconv_out = _upsampler(transposed, FEATURES[3], FEATURES[3])
+        self.decoder_head = ConvBlock(2 * FEATURES[3], FEATURES[3])
+
+    def forward(self, embeddings: torch.Tensor, bn_mode: BNMode = "per_tile") -> torch.Tensor:
+        """(B, 256, 64, 64) embeddings -> (B, C, 1024, 1024) maps in model-input space."""
+        z9 = self.deconv1(embeddings, bn_mode)
+        z6 = self.deconv2(z9, bn_mode)
+        z3 = self.deconv3(z6, bn_mode)
+        z0 = self.deconv4(z3, bn_mode)
+        x = self.decoder(self.base(embeddings), [z9, z6, z3])
+        del z9, z6, z3
+        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        x = self.out_conv(x)
+        if self.final_activation == "sigmoid":
+            x = torch.sigmoid(x)
+        return x
+
+
+def postprocess_maps(
+    maps: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """Crop (B, C, 1024, 1024) maps to the resized ``input_size`` and resize to ``original_size``.
+
+    Same as SAM's ``postprocess_masks`` (bilinear, align_corners=False); sizes are (H, W).
+    """
+    maps = maps[..., : input_size[0], : input_size[1]]
+    if tuple(maps.shape[-2:]) != tuple(original_size):
+        maps = F.interpolate(maps, tuple(original_size), mode="bilinear", align_corners=False)
+    return maps
