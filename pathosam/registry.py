@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +141,21 @@ def _manual_hint(name: str) -> str:
     )
 
 
+def offline() -> bool:
+    """True when ``$PATHOSAM_OFFLINE`` is set to anything but ``""``, ``0``, ``false``, ``no`` or ``off``."""
+    return os.environ.get("PATHOSAM_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def fetch(name: str, progress: bool = True, download: bool = True) -> Path:
-    """Return the cached file of ``name``, downloading and verifying it if needed."""
+    """Return the cached file of ``name``, downloading and verifying it if needed.
+
+    Nothing is downloaded when ``download`` is false or :func:`offline` is true; a missing file
+    then raises :class:`ModelNotAvailableError` saying where to place it by hand.
+    """
     target = path(name)
     if target.is_file():
         return target
-    if not download or os.environ.get("PATHOSAM_OFFLINE"):
+    if not download or offline():
         raise ModelNotAvailableError(f"model file {name!r} is not in the cache. {_manual_hint(name)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".partial")
@@ -162,9 +172,15 @@ def fetch(name: str, progress: bool = True, download: bool = True) -> Path:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise ModelNotAvailableError(f"could not download {name!r} from {entry.url}: {err}. {_manual_hint(name)}") from None
+    except BaseException:  # e.g. KeyboardInterrupt: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         verify_file(name, tmp)
-    except HashMismatchError:
+    except HashMismatchError as err:
+        tmp.unlink(missing_ok=True)
+        raise HashMismatchError(f"the file downloaded from {entry.url} was rejected: {err}. {_manual_hint(name)}") from None
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, target)
@@ -181,15 +197,19 @@ def import_file(name: str, file: str | os.PathLike, verify: bool = True) -> Path
     target = path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".partial")
-    shutil.copyfile(file, tmp)
-    os.replace(tmp, target)
+    try:
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, target)
+    except BaseException:  # leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
-def verify_cache() -> dict[str, str]:
-    """Check every cached file: ``{name: "ok" | "missing" | "hash mismatch: ..."}``."""
+def verify_cache(names: Iterable[str] | None = None) -> dict[str, str]:
+    """Check cached files (all registered, or ``names``): ``{name: "ok" | "missing" | "hash mismatch: ..."}``."""
     status = {}
-    for name in MODELS:
+    for name in (MODELS if names is None else list(names)):
         p = path(name)
         if not p.is_file():
             status[name] = "missing"

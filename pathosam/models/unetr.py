@@ -33,7 +33,15 @@ class TransposedUpsampler(nn.Module):
         self.block = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        # A 2x2 stride-2 transposed conv writes disjoint 2x2 output patches: it is one matmul
+        # (B*H*W, Cin) @ (Cin, Cout*4) plus a pixel shuffle, much faster than the conv kernel.
+        B, C, H, W = x.shape
+        w = self.block.weight  # (Cin, Cout, 2, 2)
+        out = w.shape[1]
+        y = x.permute(0, 2, 3, 1).reshape(-1, C) @ w.reshape(C, out * 4)
+        y = y.view(B, H, W, out, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * H, 2 * W, out)
+        y = y + self.block.bias
+        return y.permute(0, 3, 1, 2)  # channels-last (B, Cout, 2H, 2W)
 
 
 class InterpolationUpsampler(nn.Module):
@@ -59,6 +67,33 @@ def _upsampler(transposed: bool, in_channels: int, out_channels: int) -> nn.Modu
     return cls(in_channels, out_channels)
 
 
+def instance_norm(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Normalise every (sample, channel) plane to zero mean / unit (biased) variance, then affine.
+
+    Equal to ``F.instance_norm``; on channels-last tensors it reduces over the contiguous
+    layout directly (shifted two-moment formula, shift = the mean of a pixel subsample, which
+    keeps the variance free of cancellation), which is ~3x faster than ``F.instance_norm`` there.
+    """
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
+        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    B, C, H, W = x.shape
+    v = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+    shift = v[:, :: max(1, (H * W) // 4096)].mean(dim=1, keepdim=True)
+    d = v - shift
+    m1 = d.mean(dim=1, keepdim=True)
+    var = (d * d).mean(dim=1, keepdim=True) - m1 * m1
+    scale = torch.rsqrt(var.clamp_min(0) + eps)
+    if weight is not None:
+        scale = scale * weight
+    offset = -(m1 + shift) * scale
+    if bias is not None:
+        offset = offset + bias
+    d = torch.addcmul(offset, v, scale)
+    return d.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
 class ConvBlock(nn.Module):
     """InstanceNorm -> 3x3 conv -> ReLU, twice (keys ``block.1``, ``block.4``)."""
 
@@ -74,7 +109,9 @@ class ConvBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        _, conv1, _, _, conv2, _ = self.block
+        x = torch.relu_(conv1(instance_norm(x)))
+        return torch.relu_(conv2(instance_norm(x)))
 
 
 class SingleConv(nn.Module):
@@ -105,7 +142,7 @@ class DeconvBlock(nn.Module):
         x = conv(up(x))
         if bn_mode == "per_tile":
             # Train-mode BatchNorm on a batch of one sample == instance norm with BN's affine.
-            x = F.instance_norm(x, weight=bn.weight, bias=bn.bias, eps=bn.eps)
+            x = instance_norm(x, bn.weight, bn.bias, bn.eps)
         elif bn_mode == "running":
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         else:
@@ -156,7 +193,11 @@ class UNETRDecoder(nn.Module):
         self.decoder_head = ConvBlock(2 * FEATURES[3], FEATURES[3])
 
     def forward(self, embeddings: torch.Tensor, bn_mode: BNMode = "per_tile") -> torch.Tensor:
-        """(B, 256, 64, 64) embeddings -> (B, C, 1024, 1024) maps in model-input space."""
+        """(B, 256, 64, 64) embeddings -> (B, C, 1024, 1024) maps in model-input space.
+
+        Runs in channels-last layout (2x faster convolutions on CPU); the output is contiguous.
+        """
+        embeddings = embeddings.contiguous(memory_format=torch.channels_last)
         z9 = self.deconv1(embeddings, bn_mode)
         z6 = self.deconv2(z9, bn_mode)
         z3 = self.deconv3(z6, bn_mode)
@@ -167,7 +208,14 @@ class UNETRDecoder(nn.Module):
         x = self.out_conv(x)
         if self.final_activation == "sigmoid":
             x = torch.sigmoid(x)
-        return x
+        return x.contiguous()
+
+    def _apply(self, fn, recurse=True):  # keep 4-D conv weights channels-last on every .to()
+        super()._apply(fn, recurse)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
 
 
 def postprocess_maps(
