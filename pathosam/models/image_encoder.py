@@ -72,13 +72,14 @@ class Attention(nn.Module):
             qc = q[:, start:stop]
             rows = (stop - start) // W
             r0 = start // W
-            attn = (qc * self.scale) @ k.transpose(-2, -1)
             qg = qc.reshape(-1, rows, W, qc.shape[-1])
             rel_h = torch.einsum("bhwc,hkc->bhwk", qg, rh[r0 : r0 + rows])
             rel_w = torch.einsum("bhwc,wkc->bhwk", qg, rw)
-            attn = attn.view(-1, rows, W, H, W) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-            attn = attn.view(-1, stop - start, n).softmax(dim=-1)
-            out[:, start:stop] = attn @ v
+            attn = (qc * self.scale) @ k.transpose(-2, -1)
+            scores = attn.view(-1, rows, W, H, W)  # + rel_h[q, kh] + rel_w[q, kw], in place
+            scores += rel_h[:, :, :, :, None]
+            scores += rel_w[:, :, :, None, :]
+            out[:, start:stop] = torch.softmax(attn, dim=-1) @ v
         out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(out)
 
