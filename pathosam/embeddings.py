@@ -107,14 +107,16 @@ def compute_embeddings(
 
     blocks = [tile_slices(t.outer) for t in tiles] if tiles else [(slice(0, H), slice(0, W))]
     n = len(blocks)
-    features = np.empty((n, 256, 64, 64), dtype=np.float32)
+    # With a cache, batches stream straight into the zarr store (memory: one batch), which is
+    # renamed into place only when complete; without one, features are held in memory.
+    store = _new_store(cache, n) if cache is not None else None
+    features = store["features"] if store is not None else np.empty((n, 256, 64, 64), dtype=np.float32)
     input_sizes, original_sizes = [], []
     bar = tqdm(total=n, desc="embedding tiles" if tiles else "embedding", disable=not progress or n == 1)
     for start in range(0, n, batch_size):
         batch = []
         for sl in blocks[start : start + batch_size]:
-            crop = np.asarray(image)[sl]
-            rgb = to_rgb_uint8(crop, normalization) if normalization == "minmax" else rgb_full[sl]
+            rgb = to_rgb_uint8(np.asarray(image)[sl], normalization) if normalization == "minmax" else rgb_full[sl]
             tensor, in_size, orig = prepare_input(rgb)
             batch.append(tensor)
             input_sizes.append(in_size)
@@ -122,28 +124,31 @@ def compute_embeddings(
         features[start : start + len(batch)] = encode(batch)
         bar.update(len(batch))
     bar.close()
-    emb = ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
-                          halo and tuple(halo), tiles, normalization, sig)
-    if cache is not None:
-        save_cache(emb, cache)
-    return emb
+    if store is not None:
+        store.attrs["signature"] = sig
+        store.attrs["input_sizes"] = [list(x) for x in input_sizes]
+        store.attrs["original_sizes"] = [list(x) for x in original_sizes]
+        os.replace(_partial(cache), cache)
+        return load_cache(cache, sig)
+    return ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
+                           halo and tuple(halo), tiles, normalization, sig)
 
 
-def save_cache(emb: ImageEmbeddings, path: str | os.PathLike) -> None:
-    """Write embeddings to a zarr store (atomically: temporary name, then rename)."""
+def _partial(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _new_store(path: str | os.PathLike, n: int):
+    """A fresh zarr group at ``path`` + ``.partial`` with an (n, 256, 64, 64) float32 array."""
     import zarr
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = _partial(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     root = zarr.open_group(str(tmp), mode="w")
-    arr = root.create_array("features", shape=np.shape(emb.features), chunks=(1, 256, 64, 64), dtype="float32")
-    arr[...] = np.asarray(emb.features)
-    root.attrs["signature"] = emb.signature
-    root.attrs["input_sizes"] = [list(s) for s in emb.input_sizes]
-    root.attrs["original_sizes"] = [list(s) for s in emb.original_sizes]
-    os.replace(tmp, path)
+    root.create_array("features", shape=(n, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32")
+    return root
 
 
 def load_cache(path: str | os.PathLike, expected: dict) -> ImageEmbeddings:
