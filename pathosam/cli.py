@@ -153,10 +153,77 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# pathosam embed ...
+
+
+def _pair(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,M (e.g. 384 or 384,384), got {text!r}") from None
+    return a, b
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` / ``--checkpoint`` / ``--decoder`` / ``--device``, shared by model commands."""
+    p.add_argument("-m", "--model", default="vit_b_histopathology",
+                   help="registry name or weights file (default: vit_b_histopathology)")
+    p.add_argument("-c", "--checkpoint", help="weights file in any reference layout (overrides --model)")
+    p.add_argument("--decoder", help="separate instance-decoder file")
+    p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from .model import load_model
+
+    return load_model(args.checkpoint or args.model, decoder=args.decoder, device=args.device,
+                      progress=not getattr(args, "quiet", False))
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .image import read_image
+
+    if args.halo is not None and args.tile_shape is None:
+        raise UsageError("--halo needs --tile-shape")
+    image = read_image(args.image)
+    model = load_model_from_args(args)
+    out = args.output
+    emb = model.embed(image, tile_shape=args.tile_shape, halo=args.halo, batch_size=args.batch_size,
+                      normalization=args.normalization, cache=out, progress=not args.quiet)
+    what = f"{len(emb)} tiles" if emb.tiled else "1 image"
+    print(f"{args.image}: embeddings of {what} ({emb.image_shape[0]}x{emb.image_shape[1]} px) in {out}")
+    return EXIT_OK
+
+
+def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``pathosam embed IMAGE -o OUT.zarr``: precompute (tiled) image embeddings into a zarr cache."""
+    p = subparsers.add_parser(
+        "embed", help="compute image embeddings into a zarr cache",
+        description="Compute the SAM image embeddings of IMAGE (whole or tiled) and store them in a "
+        "zarr cache that model.embed(..., cache=OUT) and later commands reuse. An existing cache "
+        "made for another image, model or tiling is refused.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="TIFF, PNG or JPEG image")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="zarr cache to write (or reuse)")
+    add_model_arguments(p)
+    p.add_argument("--tile-shape", type=_pair, help="tile size in pixels, e.g. 384 (default: untiled)")
+    p.add_argument("--halo", type=_pair, help="halo per side in pixels, e.g. 64 (default 0 when tiled)")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per encoder batch (default 1)")
+    p.add_argument("--normalization", choices=["none", "minmax"], default="none",
+                   help="none: RGB uint8 as is (PathoSAM training); minmax: per-channel stretch per tile")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_embed)
+
+
+# ---------------------------------------------------------------------------------------------
 
 #: Top-level commands, in help order. Each adds its subparser and sets ``handler``.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
+    add_embed_parser,
 ]
 
 
@@ -186,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
         _error(str(err))
         return EXIT_FAILURE
-    except (registry.ModelNotAvailableError, registry.HashMismatchError) as err:
-        _error(str(err))
+    except (registry.ModelNotAvailableError, registry.HashMismatchError, ValueError) as err:
+        _error(str(err))  # CheckpointError and bad images are ValueErrors with a clear message
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _error("interrupted")

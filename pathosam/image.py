@@ -14,6 +14,8 @@ Normalisation modes (``normalization=``):
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -101,3 +103,25 @@ def transform_coords(coords: np.ndarray, original_size: tuple[int, int], long_si
     out[..., 0] *= nw / w
     out[..., 1] *= nh / h
     return out
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF (tifffile) or PNG/JPEG/other (Pillow) image as an array, with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            image = tifffile.imread(path)
+            # channels-first small stacks (3, H, W) are common in TIFF: move channels last
+            if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[2] not in (3, 4):
+                image = np.moveaxis(image, 0, -1)
+            return image
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB", "RGBA", "I;16", "I", "F"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read this file as an image ({err})") from None
