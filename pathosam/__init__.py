@@ -7,9 +7,9 @@ modules (torch) are imported on first use, so ``pathosam --help`` starts fast.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["ImageEmbeddings", "PathoSAM", "load_model", "__version__"]
+__all__ = ["ImageEmbeddings", "PathoSAM", "ais_from_maps", "load_model", "__version__"]
 
-_LAZY = {"ImageEmbeddings": "embeddings", "PathoSAM": "model", "load_model": "model"}
+_LAZY = {"ImageEmbeddings": "embeddings", "PathoSAM": "model", "load_model": "model", "ais_from_maps": "instances"}
 
 
 def __getattr__(name: str):
