@@ -62,6 +62,22 @@ class PathoSAM:
         self.name = name
         self.model_id = model_id or name
 
+    def save(self, path: str | os.PathLike, layout: str = "released") -> list[Path]:
+        """Write the weights: ``"released"`` = plain SAM dict at ``path`` + ``<stem>_decoder<suffix>``
+        (the published PathoSAM layout), or ``"model_and_decoder"`` = one
+        ``{"model_state", "decoder_state"}`` file (micro-sam's export). Returns the files written."""
+        from .models.checkpoint import write_model_and_decoder, write_released
+
+        sam = {k: v.detach().cpu().contiguous() for k, v in self.sam.state_dict().items()}
+        dec = None
+        if self.decoder is not None:
+            dec = {k: v.detach().cpu().contiguous() for k, v in self.decoder.state_dict().items()}
+        if layout == "released":
+            return [p for p in write_released(sam, dec, path) if p is not None]
+        if layout == "model_and_decoder":
+            return [write_model_and_decoder(sam, dec, path)]
+        raise ValueError(f"layout must be 'released' or 'model_and_decoder', got {layout!r}")
+
     # ------------------------------------------------------------------ embeddings
     @torch.inference_mode()
     def _encode(self, batch: list[torch.Tensor]) -> np.ndarray:

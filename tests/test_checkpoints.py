@@ -109,11 +109,18 @@ def test_written_files_load_back_bit_identical(tmp_path, released):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_model_written_from_loaded_model_round_trips(tmp_path, tiny_model, released):
+def test_model_save_round_trips_in_both_layouts(tmp_path, tiny_model, released):
     sam, dec = released
-    p, d = write_released(tiny_model.sam.state_dict(), tiny_model.decoder.state_dict(), tmp_path / "m.pt")
+    p, d = tiny_model.save(tmp_path / "m.pt")
+    assert d.name == "m_decoder.pt"
     _assert_equal_states(sam.sam_state, read_checkpoint(p).sam_state)
     _assert_equal_states(dec.decoder_state, read_checkpoint(d).decoder_state)
+    (both,) = tiny_model.save(tmp_path / "both.pt", layout="model_and_decoder")
+    reloaded = pathosam.load_model(both, device="cpu")
+    _assert_equal_states(sam.sam_state, reloaded.sam.state_dict())
+    _assert_equal_states(dec.decoder_state, reloaded.decoder.state_dict())
+    with pytest.raises(ValueError, match="layout"):
+        tiny_model.save(tmp_path / "x.pt", layout="onnx")
 
 
 # ---------------------------------------------------------------- refusals
