@@ -98,10 +98,13 @@ def compute_embeddings(
             raise ValueError("halo given without tile_shape")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rgb_full = to_rgb_uint8(image, "none")  # validates; minmax is applied per tile below
-    H, W = rgb_full.shape[:2]
+    image = np.asarray(image)
+    # "none": one conversion of the whole image (global scaling for non-uint8 input);
+    # "minmax": every tile is converted (and validated) on its own below.
+    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else to_rgb_uint8(image[:1, :1], "minmax")
+    H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo) if tile_shape is not None else None
-    sig = _signature(np.asarray(image), model_id, tile_shape, halo, normalization)
+    sig = _signature(image, model_id, tile_shape, halo, normalization)
     if cache is not None and Path(cache).exists():
         return load_cache(cache, sig)
 
@@ -116,7 +119,7 @@ def compute_embeddings(
     for start in range(0, n, batch_size):
         batch = []
         for sl in blocks[start : start + batch_size]:
-            rgb = to_rgb_uint8(np.asarray(image)[sl], normalization) if normalization == "minmax" else rgb_full[sl]
+            rgb = to_rgb_uint8(image[sl], normalization) if normalization == "minmax" else rgb_full[sl]
             tensor, in_size, orig = prepare_input(rgb)
             batch.append(tensor)
             input_sizes.append(in_size)
