@@ -99,6 +99,8 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        # torch-em's layout (so the conv keys are block.1 / block.4); forward() runs the norms
+        # through :func:`instance_norm`, which is fast on channels-last tensors.
         self.block = nn.Sequential(
             nn.InstanceNorm2d(in_channels),
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
