@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image import Normalization, prepare_input, to_rgb_uint8
+from .image import NORMALIZATIONS, Normalization, check_image, prepare_input, to_rgb_uint8
 from .tiling import Tile, tile_grid, tile_slices
 
 CACHE_FORMAT = "pathosam-embeddings-1"
@@ -91,17 +91,19 @@ def compute_embeddings(
     """
     from tqdm.auto import tqdm
 
-    if (tile_shape is None) != (halo is None):
-        if halo is None:
-            halo = (0, 0)
-        else:
-            raise ValueError("halo given without tile_shape")
+    if tile_shape is None and halo is not None:
+        raise ValueError("halo given without tile_shape")
+    if tile_shape is not None and halo is None:
+        halo = (0, 0)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     image = np.asarray(image)
+    check_image(image)
     # "none": one conversion of the whole image (global scaling for non-uint8 input);
-    # "minmax": every tile is converted (and validated) on its own below.
-    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else to_rgb_uint8(image[:1, :1], "minmax")
+    # "minmax": every tile is converted on its own below.
+    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
     H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo) if tile_shape is not None else None
     sig = _signature(image, model_id, tile_shape, halo, normalization)

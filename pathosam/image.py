@@ -27,18 +27,23 @@ NORMALIZATIONS = ("none", "minmax")
 LONG_SIDE = 1024
 
 
-def _as_hwc(image: np.ndarray, name: str) -> np.ndarray:
-    image = np.asarray(image)
+def check_image(image: np.ndarray, name: str = "image") -> None:
+    """Raise ValueError unless ``image`` has a supported pixel type and shape (reads no pixels)."""
     if image.dtype == bool or image.dtype.kind not in "uif":
         raise ValueError(f"{name}: unsupported pixel type {image.dtype}; expected an integer or float image")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] > 4:
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
         raise ValueError(
             f"{name}: expected an image of shape HxW, HxWx3 or HxWx4 (channels last), got shape {image.shape}"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name}: the image is empty (shape {image.shape})")
+
+
+def _as_hwc(image: np.ndarray, name: str) -> np.ndarray:
+    image = np.asarray(image)
+    check_image(image, name)
+    if image.ndim == 2:
+        image = image[..., None]
     c = image.shape[2]
     if c == 1:
         image = np.repeat(image, 3, axis=2)
