@@ -1,8 +1,9 @@
-"""Untiled automatic instance segmentation (AIS) from the three decoder maps.
+"""Automatic instance segmentation (AIS) from the three decoder maps.
 
 Reproduces the reference's untiled post-processing (seeded watershed from centre and boundary
 distances): Gaussian smoothing, thresholds, 8-connected seeds, 4-connected seeded watershed of the
-smoothed boundary distance inside the foreground, size filter, consecutive relabelling.
+smoothed boundary distance inside the foreground, size filter, consecutive relabelling. With
+``tile_shape`` the same algorithm runs block-wise without seams (``pathosam.instances.tiled``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,31 @@ def _smoothed_maps_and_seeds(maps, center_threshold, boundary_threshold, foregro
     return foreground, center_dist, boundary_dist, fg_mask, seeds
 
 
+def check_maps(maps: np.ndarray) -> np.ndarray:
+    """Validate (3, H, W) real finite maps and return them as float32."""
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[0] != 3 or maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"maps must have shape (3, H, W) with H, W > 0, got {maps.shape}")
+    if not (np.issubdtype(maps.dtype, np.floating) or np.issubdtype(maps.dtype, np.integer)):
+        raise ValueError(f"maps must be a real numeric array, got dtype {maps.dtype}")
+    maps = maps.astype(np.float32, copy=False)
+    if not np.isfinite(maps).all():
+        raise ValueError("maps contain NaN or infinite values")
+    return maps
+
+
+def check_params(foreground_smoothing: float, distance_smoothing: float, min_size: int) -> None:
+    if foreground_smoothing < 0 or distance_smoothing < 0:
+        raise ValueError(f"smoothing sigmas must be >= 0, got {foreground_smoothing}, {distance_smoothing}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}")
+
+
+def seeded_watershed(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """4-connected seeded watershed of ``height`` from ``seeds`` inside ``mask`` (skimage)."""
+    return watershed(height, markers=seeds, mask=mask, connectivity=1)
+
+
 def ais_from_maps(
     maps: np.ndarray,
     center_distance_threshold: float = 0.5,
@@ -55,8 +81,10 @@ def ais_from_maps(
     foreground_smoothing: float = 1.0,
     distance_smoothing: float = 1.6,
     min_size: int = 0,
+    tile_shape: tuple[int, int] | None = None,
+    halo: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Instance labels from the AIS decoder maps (untiled post-processing).
+    """Instance labels from the AIS decoder maps.
 
     Parameters
     ----------
@@ -77,11 +105,17 @@ def ais_from_maps(
         Gaussian sigma in pixels for the two distance maps; 0 disables smoothing.
     min_size : int
         Objects with fewer than ``min_size`` pixels are removed (set to background).
+    tile_shape : (int, int), optional
+        Post-process block-wise with blocks of this shape (rows, cols); the result does not depend
+        on block borders (see ``pathosam.instances.tiled``). None = the whole image at once.
+    halo : (int, int), optional
+        Context (rows, cols) around each block; default (64, 64) clipped to ``tile_shape``.
 
     Returns
     -------
     np.ndarray
-        uint32 label image of shape (H, W): 0 = background, objects numbered 1..N consecutively.
+        uint32 label image of shape (H, W): 0 = background, objects numbered 1..N consecutively
+        in the row-major order of their seeds' first pixels.
 
     Raises
     ------
@@ -95,18 +129,20 @@ def ais_from_maps(
     grow by a 4-connected seeded watershed of the smoothed boundary distance restricted to the
     foreground mask. Foreground not reachable from a seed stays 0.
     """
-    maps = np.asarray(maps)
-    if maps.ndim != 3 or maps.shape[0] != 3 or maps.shape[1] == 0 or maps.shape[2] == 0:
-        raise ValueError(f"maps must have shape (3, H, W) with H, W > 0, got {maps.shape}")
-    if not (np.issubdtype(maps.dtype, np.floating) or np.issubdtype(maps.dtype, np.integer)):
-        raise ValueError(f"maps must be a real numeric array, got dtype {maps.dtype}")
-    maps = maps.astype(np.float32, copy=False)
-    if not np.isfinite(maps).all():
-        raise ValueError("maps contain NaN or infinite values")
-    if foreground_smoothing < 0 or distance_smoothing < 0:
-        raise ValueError(f"smoothing sigmas must be >= 0, got {foreground_smoothing}, {distance_smoothing}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    check_params(foreground_smoothing, distance_smoothing, min_size)
+    if tile_shape is not None:
+        from .tiled import AISParams, tiled_ais_from_maps
+
+        params = AISParams(center_distance_threshold, boundary_distance_threshold, foreground_threshold,
+                           foreground_smoothing, distance_smoothing, min_size)
+        tile_shape = tuple(int(t) for t in np.broadcast_to(tile_shape, 2))
+        if halo is None:
+            halo = (min(64, tile_shape[0]), min(64, tile_shape[1]))
+        halo = tuple(int(h) for h in np.broadcast_to(halo, 2))
+        return tiled_ais_from_maps(maps, tile_shape, halo, params)
+    if halo is not None:
+        raise ValueError("halo given without tile_shape")
+    maps = check_maps(maps)
 
     _, _, boundary_dist, fg_mask, seeds = _smoothed_maps_and_seeds(
         maps, center_distance_threshold, boundary_distance_threshold, foreground_threshold,
@@ -115,7 +151,7 @@ def ais_from_maps(
     if seeds.max() == 0:
         return np.zeros(fg_mask.shape, dtype=np.uint32)
 
-    seg = watershed(boundary_dist, markers=seeds, mask=fg_mask, connectivity=1)
+    seg = seeded_watershed(boundary_dist, seeds, fg_mask)
 
     if min_size > 0:
         ids, sizes = np.unique(seg, return_counts=True)
