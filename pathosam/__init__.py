@@ -7,9 +7,15 @@ modules (torch) are imported on first use, so ``pathosam --help`` starts fast.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["ImageEmbeddings", "PathoSAM", "ais_from_maps", "load_model", "__version__"]
+__all__ = [
+    "ImageEmbeddings", "PathoSAM", "Segmentation", "ais_from_maps", "load_model", "segment", "segment_nuclei",
+    "__version__",
+]
 
-_LAZY = {"ImageEmbeddings": "embeddings", "PathoSAM": "model", "load_model": "model", "ais_from_maps": "instances"}
+_LAZY = {
+    "ImageEmbeddings": "embeddings", "PathoSAM": "model", "load_model": "model", "ais_from_maps": "instances",
+    "segment": "automatic", "segment_nuclei": "automatic", "Segmentation": "automatic",
+}
 
 
 def __getattr__(name: str):

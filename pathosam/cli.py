@@ -176,10 +176,22 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
 
 
-def load_model_from_args(args: argparse.Namespace):
+def load_model_from_args(args: argparse.Namespace, classes: bool = False):
+    """The model named by ``--model``/``--checkpoint``/``--decoder`` (+ a semantic decoder when
+    ``classes``: ``--semantic-decoder FILE`` or the registry model's own)."""
     from .model import load_model
 
-    return load_model(args.checkpoint or args.model, decoder=args.decoder, device=args.device,
+    name = args.checkpoint or args.model
+    semantic = None
+    if classes:
+        semantic = getattr(args, "semantic_decoder", None)
+        if semantic is None:
+            entry = registry.get(name) if registry.is_registered(name) else None
+            if entry is None or not entry.semantic_decoder:
+                raise UsageError(f"--classes needs a semantic decoder: {name!r} has none registered; "
+                                 "pass --semantic-decoder FILE (or use --model vit_b_histopathology)")
+            semantic = True
+    return load_model(name, decoder=args.decoder, semantic_decoder=semantic, device=args.device,
                       progress=not getattr(args, "quiet", False))
 
 
@@ -219,9 +231,132 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# pathosam segment ...
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+AIS_OPTIONS = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold",
+               "foreground_smoothing", "distance_smoothing", "min_size")
+AMG_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+               "box_nms_thresh", "min_mask_region_area", "min_object_size")
+
+
+def _expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files as given; directories replaced by their image files (sorted, not recursive)."""
+    from pathlib import Path
+
+    files: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"{item}: directory contains no {'/'.join(IMAGE_SUFFIXES)} images")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .image import read_image
+    from .automatic import image_name, save_segmentation, segment_nuclei
+
+    inputs = _expand_inputs(args.images)
+    names: dict[str, str] = {}
+    for f in inputs:
+        n = image_name(f)
+        if n in names:
+            raise UsageError(f"{f} and {names[n]} would both write {n}.* in {args.output}; segment them separately")
+        names[n] = f
+    formats = tuple(args.formats.split(","))
+    tile_shape = None if args.no_tiling else (args.tile_shape or "auto")
+    if args.no_tiling and args.halo is not None:
+        raise UsageError("--halo cannot be combined with --no-tiling")
+    params = {k: getattr(args, k) for k in (AIS_OPTIONS if args.mode == "ais" else AMG_OPTIONS)
+              if getattr(args, k) is not None}
+    model = load_model_from_args(args, classes=args.classes)
+    print(f"model: {model.name} on {model.device}; mode {args.mode}", file=sys.stderr)
+    t_start = time.perf_counter()
+    failed: list[str] = []
+    n_nuclei = 0
+    for path in inputs:
+        name = image_name(path)
+        try:
+            image = read_image(path)
+            if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
+                raise ValueError(f"the label TIFF would overwrite the input; choose another output directory")
+            t0 = time.perf_counter()
+            result = segment_nuclei(image, model, mode=args.mode, tile_shape=tile_shape, halo=args.halo,
+                                    batch_size=args.batch_size, classes=args.classes,
+                                    normalization=args.normalization, progress=not args.quiet, **params)
+            save_segmentation(result, args.output, name, formats, progress=False)
+        except (ValueError, OSError, RuntimeError) as err:
+            msg = str(err)
+            _error(msg if path in msg else f"{path}: {msg}")
+            failed.append(path)
+            continue
+        n_nuclei += result.n_objects
+        tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
+        print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
+              f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
+    done = len(inputs) - len(failed)
+    summary = f"segmented {done} of {len(inputs)} images, {n_nuclei} nuclei, in {time.perf_counter() - t_start:.1f} s"
+    print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``pathosam segment IMAGE... -o OUTDIR``: automatic nucleus segmentation (AIS or AMG)."""
+    p = subparsers.add_parser(
+        "segment", help="segment all nuclei of images (label TIFF, QuPath GeoJSON, table)",
+        description="Segment every nucleus of each IMAGE (TIFF, PNG, JPEG; a directory means its "
+        "images) and write OUTDIR/NAME.tif (uint32 labels), NAME.geojson (QuPath detections), "
+        "NAME.csv and NAME.parquet (one row per nucleus). Images larger than 512 px are tiled "
+        "(384 + 64 halo) unless --tile-shape/--no-tiling say otherwise; tiling leaves no seams. "
+        "A file that fails is reported and skipped; the exit status is then 1.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    p.add_argument("--mode", choices=["ais", "amg"], default="ais",
+                   help="ais: decoder + watershed (default); amg: SAM automatic mask generation")
+    add_model_arguments(p)
+    p.add_argument("--classes", action="store_true", help="classify nuclei (PanNuke) with the semantic decoder")
+    p.add_argument("--semantic-decoder", metavar="FILE", help="semantic decoder file for --classes")
+    p.add_argument("--tile-shape", type=_pair, help="tile size in pixels (default: 384 for images > 512 px)")
+    p.add_argument("--halo", type=_pair, help="halo per side in pixels (default 64)")
+    p.add_argument("--no-tiling", action="store_true", help="never tile (large images are downscaled to 1024)")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
+    p.add_argument("--normalization", choices=["none", "minmax"], default="none",
+                   help="none: RGB uint8 as is (default); minmax: per-channel stretch per tile")
+    p.add_argument("--formats", default="tif,geojson,csv,parquet",
+                   help="comma-separated outputs among tif, geojson, geojson.gz, csv, parquet (default: all but .gz)")
+    g = p.add_argument_group("AIS post-processing (reference defaults)")
+    g.add_argument("--center-distance-threshold", type=float, help="seed threshold on the centre distance (0.5)")
+    g.add_argument("--boundary-distance-threshold", type=float, help="seed threshold on the boundary distance (0.5)")
+    g.add_argument("--foreground-threshold", type=float, help="foreground probability threshold (0.5)")
+    g.add_argument("--foreground-smoothing", type=float, help="Gaussian sigma of the foreground map, px (1.0)")
+    g.add_argument("--distance-smoothing", type=float, help="Gaussian sigma of the distance maps, px (1.6)")
+    g.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels (0)")
+    g = p.add_argument_group("AMG (SAM defaults)")
+    g.add_argument("--points-per-side", type=int, help="point grid per image or tile (32)")
+    g.add_argument("--points-per-batch", type=int, help="points per mask-decoder call (64)")
+    g.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU (0.88)")
+    g.add_argument("--stability-score-thresh", type=float, help="minimum stability score (0.95)")
+    g.add_argument("--box-nms-thresh", type=float, help="box NMS IoU threshold (0.7)")
+    g.add_argument("--min-mask-region-area", type=int, help="remove holes/islands below this area (0)")
+    g.add_argument("--min-object-size", type=int, help="drop objects below this many pixels (0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_segment)
+
+
+# ---------------------------------------------------------------------------------------------
 
 #: Top-level commands, in help order. Each adds its subparser and sets ``handler``.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_segment_parser,
     add_models_parser,
     add_embed_parser,
 ]

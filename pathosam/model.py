@@ -80,9 +80,13 @@ class PathoSAM:
 
     # ------------------------------------------------------------------ embeddings
     @torch.inference_mode()
-    def _encode(self, batch: list[torch.Tensor]) -> np.ndarray:
+    def encode(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings (B, 256, 64, 64) on the model's device of prepared inputs (``prepare_input``)."""
         x = torch.cat([self.sam.preprocess(t.to(self.device)[None]) for t in batch])
-        return self.sam.image_encoder(x).float().cpu().numpy()
+        return self.sam.image_encoder(x).float()
+
+    def _encode(self, batch: list[torch.Tensor]) -> np.ndarray:
+        return self.encode(batch).cpu().numpy()
 
     def embed(
         self,
@@ -100,34 +104,46 @@ class PathoSAM:
         )
 
     # ------------------------------------------------------------------ decoder maps
+    def decode(
+        self, features: np.ndarray | torch.Tensor, input_sizes, original_sizes, what: str = "instance",
+        bn_mode: BNMode = "per_tile",
+    ) -> list[np.ndarray]:
+        """Decoder maps of a batch of embeddings (B, 256, 64, 64), one float32 (C, h, w) array per
+        item at its ``original_sizes[i]`` (H, W); ``what`` = "instance" (C=3) or "semantic" (C=6)."""
+        decoder = self.decoder if what == "instance" else self.semantic_decoder
+        if decoder is None:
+            raise RuntimeError(f"this model has no {what} decoder loaded")
+        with torch.inference_mode():
+            feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+            maps = decoder(feats.to(self.device), bn_mode)
+            return [postprocess_maps(maps[j : j + 1], input_sizes[j], original_sizes[j])[0].float().cpu().numpy()
+                    for j in range(maps.shape[0])]
+
     def _maps(
-        self, decoder: UNETRDecoder | None, what: str, emb: ImageEmbeddings, bn_mode: BNMode, batch_size: int,
-        progress: bool,
+        self, what: str, emb: ImageEmbeddings, bn_mode: BNMode, batch_size: int, progress: bool,
     ) -> np.ndarray:
         from tqdm.auto import tqdm
 
+        decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
             raise RuntimeError(f"this model has no {what} decoder loaded")
         H, W = emb.image_shape
         out = np.zeros((decoder.out_channels, H, W), dtype=np.float32)
         n = len(emb)
         bar = tqdm(total=n, desc=f"{what} maps", disable=not progress or n == 1)
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
-                feats = torch.from_numpy(np.asarray(emb.features[start:stop])).to(self.device)
-                maps = decoder(feats, bn_mode)
-                for j, i in enumerate(range(start, stop)):
-                    tile_maps = postprocess_maps(maps[j : j + 1], emb.input_sizes[i], emb.original_sizes[i])[0]
-                    tile_maps = tile_maps.float().cpu().numpy()
-                    if emb.tiles is None:
-                        out[:] = tile_maps
-                    else:
-                        tile = emb.tiles[i]
-                        out[(slice(None), *tile_slices(tile.inner))] = tile_maps[
-                            (slice(None), *tile_slices(tile.inner_local))
-                        ]
-                bar.update(stop - start)
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            tiles_maps = self.decode(emb.features[start:stop], emb.input_sizes[start:stop],
+                                     emb.original_sizes[start:stop], what, bn_mode)
+            for i, tile_maps in zip(range(start, stop), tiles_maps):
+                if emb.tiles is None:
+                    out[:] = tile_maps
+                else:
+                    tile = emb.tiles[i]
+                    out[(slice(None), *tile_slices(tile.inner))] = tile_maps[
+                        (slice(None), *tile_slices(tile.inner_local))
+                    ]
+            bar.update(stop - start)
         bar.close()
         return out
 
@@ -135,13 +151,13 @@ class PathoSAM:
         self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
     ) -> np.ndarray:
         """float32 (3, H, W): foreground probability, centre distance, boundary distance."""
-        return self._maps(self.decoder, "instance", emb, bn_mode, batch_size, progress)
+        return self._maps("instance", emb, bn_mode, batch_size, progress)
 
     def semantic_maps(
         self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
     ) -> np.ndarray:
         """float32 (6, H, W) per-class sigmoid scores (background + 5 PanNuke classes); argmax = class."""
-        return self._maps(self.semantic_decoder, "semantic", emb, bn_mode, batch_size, progress)
+        return self._maps("semantic", emb, bn_mode, batch_size, progress)
 
     # ------------------------------------------------------------------ prompts
     @torch.inference_mode()

@@ -1,0 +1,296 @@
+"""Automatic nucleus segmentation of one image: model -> decoder maps -> instances (+ classes).
+
+:func:`segment_nuclei` is the one place that runs a whole image through the model. For AIS on a
+tiled image it streams: tiles are embedded and decoded batch by batch, each tile's maps go to the
+seam-free block post-processing (:class:`pathosam.instances.tiled.TiledAIS`) and are dropped when
+no neighbouring block needs them, so besides the label image only about one row of tile maps is
+held (embeddings are never stored for the whole image).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import numpy as np
+
+from .image import Normalization, check_image, prepare_input, to_rgb_uint8
+from .instances.tiled import AISParams, TiledAIS
+from .tiling import tile_grid, tile_slices
+
+Mode = Literal["ais", "amg"]
+#: Images with both sides up to this size are segmented untiled by default (``tile_shape="auto"``).
+AUTO_UNTILED_MAX = 512
+#: Smallest image side (pixels) accepted for automatic segmentation.
+MIN_SIDE = 8
+DEFAULT_TILE_SHAPE = (384, 384)
+DEFAULT_HALO = (64, 64)
+AMG_PARAMETERS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                  "box_nms_thresh", "crop_nms_thresh", "min_mask_region_area", "stability_score_offset",
+                  "min_object_size")
+
+
+@dataclass
+class Segmentation:
+    """Result of :func:`segment_nuclei`.
+
+    ``labels``: uint32 (H, W), 0 = background, nuclei 1..N. ``classes`` / ``class_probabilities``:
+    uint8 / float32 (N + 1,) indexed by nucleus id (PanNuke ids of ``pathosam.semantic.CLASS_NAMES``,
+    0 = none), or None without ``classes=True``. ``seconds``: wall time per stage.
+    """
+
+    labels: np.ndarray
+    mode: str
+    classes: np.ndarray | None = None
+    class_probabilities: np.ndarray | None = None
+    tile_shape: tuple[int, int] | None = None
+    halo: tuple[int, int] | None = None
+    parameters: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def n_objects(self) -> int:
+        return int(self.labels.max()) if self.labels.size else 0
+
+    def table(self, offset: tuple[int, int] = (0, 0)):
+        """Per-nucleus table (pandas DataFrame): id, centroid, area, bbox[, class, probability]."""
+        from .io.table import nucleus_table
+
+        return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset)
+
+
+def resolve_tiling(
+    shape: tuple[int, int], tile_shape, halo
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Tile shape and halo to use: ``"auto"`` tiles (384 + 64 halo) only images larger than 512 px."""
+    if isinstance(tile_shape, str):
+        if tile_shape != "auto":
+            raise ValueError(f"tile_shape must be 'auto', None or (rows, cols), got {tile_shape!r}")
+        if max(shape) <= AUTO_UNTILED_MAX:
+            return None, None
+        tile_shape = DEFAULT_TILE_SHAPE
+        halo = DEFAULT_HALO if halo is None else halo
+    if tile_shape is None:
+        if halo is not None:
+            raise ValueError("halo given without tile_shape")
+        return None, None
+    ts = tuple(int(t) for t in np.broadcast_to(tile_shape, 2))
+    hl = tuple(int(h) for h in np.broadcast_to(DEFAULT_HALO if halo is None else halo, 2))
+    if min(ts) <= 0 or min(hl) < 0:
+        raise ValueError(f"tile_shape must be positive and halo non-negative, got {ts}, {hl}")
+    return ts, hl
+
+
+def _split_params(mode: str, params: dict) -> dict:
+    allowed = [f.name for f in fields(AISParams)] if mode == "ais" else list(AMG_PARAMETERS)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown {mode} parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return params
+
+
+def segment_nuclei(
+    image: np.ndarray,
+    model=None,
+    mode: Mode = "ais",
+    tile_shape: tuple[int, int] | str | None = "auto",
+    halo: tuple[int, int] | None = None,
+    batch_size: int = 1,
+    classes: bool = False,
+    normalization: Normalization = "none",
+    progress: bool = True,
+    **params,
+) -> Segmentation:
+    """Segment every nucleus of ``image`` automatically.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        (H, W), (H, W, 3) or (H, W, 4) image, uint8/uint16/float (see ``pathosam.image``).
+    model : PathoSAM or str
+        A loaded model, or a registry name / checkpoint path for :func:`pathosam.load_model`.
+    mode : {"ais", "amg"}
+        "ais": UNETR decoder maps + seeded watershed (needs an instance decoder); "amg": SAM's
+        automatic mask generation from a point grid.
+    tile_shape, halo : (rows, cols)
+        Tiling of the model input; ``"auto"`` = untiled up to 512 px, else 384 + 64 halo. The
+        AIS post-processing uses the same blocks with ``halo`` as context (at least 32 px).
+    batch_size : int
+        Tiles per model call.
+    classes : bool
+        Also classify each nucleus with the semantic decoder (PanNuke classes).
+    normalization : {"none", "minmax"}
+        Intensity conversion to uint8 (``pathosam.image.to_rgb_uint8``).
+    progress : bool
+        Show progress bars.
+    **params
+        Post-processing parameters: for AIS the fields of :class:`AISParams`
+        (``center_distance_threshold``, ..., ``min_size``), for AMG those of
+        :func:`pathosam.instances.amg.amg_from_embeddings` (``pred_iou_thresh``, ...).
+
+    Returns
+    -------
+    Segmentation
+    """
+    from .model import PathoSAM, load_model
+
+    if mode not in ("ais", "amg"):
+        raise ValueError(f"mode must be 'ais' or 'amg', got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    params = _split_params(mode, params)
+    if model is None:
+        model = "vit_b_histopathology"
+    if not isinstance(model, PathoSAM):
+        model = load_model(model, semantic_decoder=True if classes else None, progress=progress)
+    if mode == "ais" and model.decoder is None:
+        raise ValueError(f"model {model.name!r} has no instance (AIS) decoder; use mode='amg' or load a decoder")
+    if classes and model.semantic_decoder is None:
+        raise ValueError(f"model {model.name!r} has no semantic decoder; classes need one")
+    image = np.asarray(image)
+    check_image(image)
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"image of {image.shape[0]}x{image.shape[1]} px is too small to segment "
+                         f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
+    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo)
+    if mode == "ais":
+        ais = AISParams(**params)
+        if ts is None:
+            result = _ais_untiled(model, image, ais, classes, normalization)
+        else:
+            result = _ais_tiled(model, image, ts, hl, ais, classes, batch_size, normalization, progress)
+        result.parameters = {"mode": mode, **ais.__dict__}
+    else:
+        result = _amg(model, image, ts, hl, params, classes, batch_size, normalization, progress)
+        result.parameters = {"mode": mode, **params}
+    result.tile_shape, result.halo = ts, hl
+    return result
+
+
+def segment(image: np.ndarray, model=None, mode: Mode = "ais", **kwargs) -> np.ndarray:
+    """uint32 (H, W) nucleus labels of ``image``; arguments as :func:`segment_nuclei`."""
+    return segment_nuclei(image, model, mode, **kwargs).labels
+
+
+# --------------------------------------------------------------------------------- AIS
+
+
+def _ais_untiled(model, image, params: AISParams, classes: bool, normalization) -> Segmentation:
+    from .instances.ais import ais_from_maps
+    from .semantic import nucleus_classes
+
+    t0 = time.perf_counter()
+    tensor, in_size, orig = prepare_input(to_rgb_uint8(image, normalization))
+    feats = model.encode([tensor])
+    maps = model.decode(feats, [in_size], [orig], "instance")[0]
+    sem = model.decode(feats, [in_size], [orig], "semantic")[0] if classes else None
+    t1 = time.perf_counter()
+    labels = ais_from_maps(maps, **params.__dict__)
+    out = Segmentation(labels, "ais")
+    if classes:
+        out.classes, out.class_probabilities = nucleus_classes(labels, sem)
+    out.seconds = {"model": t1 - t0, "postprocessing": time.perf_counter() - t1}
+    return out
+
+
+def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool, batch_size: int,
+               normalization, progress: bool) -> Segmentation:
+    from tqdm.auto import tqdm
+
+    from .semantic import ClassVotes
+
+    H, W = image.shape[:2]
+    tiles = tile_grid((H, W), tile_shape, halo)
+    pp_halo = (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
+    job = TiledAIS((H, W), tile_shape, pp_halo, params)
+    votes = ClassVotes() if classes else None
+    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
+    t_model = t_post = 0.0
+    bar = tqdm(total=len(tiles), desc="segmenting tiles", unit="tile", disable=not progress)
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        t0 = time.perf_counter()
+        inputs = [prepare_input(to_rgb_uint8(image[tile_slices(t.outer)], normalization)
+                                if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
+        tensors, in_sizes, origs = zip(*inputs)
+        feats = model.encode(list(tensors))
+        inst = model.decode(feats, in_sizes, origs, "instance")
+        sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(batch)
+        t1 = time.perf_counter()
+        for tile, m, s in zip(batch, inst, sem):
+            il = (slice(None), *tile_slices(tile.inner_local))
+            for _, block_labels, block_sem in job.add(tile.index, m[il], None if s is None else s[il]):
+                if votes is not None:
+                    votes.add(block_labels, block_sem)
+        t_model += t1 - t0
+        t_post += time.perf_counter() - t1
+        bar.update(len(batch))
+    bar.close()
+    t1 = time.perf_counter()
+    n = job.finish()
+    out = Segmentation(job.out, "ais")
+    if votes is not None:
+        out.classes, out.class_probabilities = votes.result(job.lut, n)
+    out.seconds = {"model": t_model, "postprocessing": t_post + time.perf_counter() - t1}
+    return out
+
+
+# --------------------------------------------------------------------------------- AMG
+
+
+def _amg(model, image, tile_shape, halo, params: dict, classes: bool, batch_size: int, normalization,
+         progress: bool) -> Segmentation:
+    from .instances.amg import amg_from_embeddings
+    from .semantic import nucleus_classes
+
+    t0 = time.perf_counter()
+    emb = model.embed(image, tile_shape=tile_shape, halo=halo, batch_size=batch_size,
+                      normalization=normalization, progress=progress)
+    t1 = time.perf_counter()
+    labels = amg_from_embeddings(model, emb, progress=progress, **params)
+    out = Segmentation(labels, "amg")
+    t2 = time.perf_counter()
+    if classes:
+        out.classes, out.class_probabilities = nucleus_classes(labels, model.semantic_maps(emb, progress=progress))
+    out.seconds = {"model": t1 - t0, "amg": t2 - t1, "classes": time.perf_counter() - t2}
+    return out
+
+
+def save_segmentation(
+    result: Segmentation, out_dir: str | os.PathLike, name: str,
+    formats: tuple[str, ...] = ("tif", "geojson", "csv", "parquet"), progress: bool = False,
+) -> list[str]:
+    """Write ``result`` as ``OUT_DIR/NAME.tif`` (uint32 labels), ``NAME.geojson`` (QuPath
+    detections), ``NAME.csv`` / ``NAME.parquet`` (one row per nucleus); returns the paths written.
+    Each file is written under a temporary name and renamed when complete."""
+    from .io import write_geojson, write_label_tiff, write_table
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    unknown = set(formats) - {"tif", "geojson", "geojson.gz", "csv", "parquet"}
+    if unknown:
+        raise ValueError(f"unknown output format(s) {sorted(unknown)}")
+    written = []
+    if "tif" in formats:
+        written.append(str(write_label_tiff(os.path.join(out_dir, f"{name}.tif"), result.labels)))
+    table = result.table() if set(formats) & {"geojson", "geojson.gz", "csv", "parquet"} else None
+    for fmt in ("geojson", "geojson.gz"):
+        if fmt in formats:
+            written.append(str(write_geojson(os.path.join(out_dir, f"{name}.{fmt}"), result.labels, table,
+                                             id_namespace=name, progress=progress)))
+    csv = os.path.join(out_dir, f"{name}.csv") if "csv" in formats else None
+    parquet = os.path.join(out_dir, f"{name}.parquet") if "parquet" in formats else None
+    if csv or parquet:
+        written += [str(p) for p in write_table(table, csv_path=csv, parquet_path=parquet)]
+    return written
+
+
+def image_name(path: str | os.PathLike) -> str:
+    """Output stem for an input file: its name without the image suffix(es) (``a.ome.tif`` -> ``a``)."""
+    name = os.path.basename(os.fspath(path))
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
