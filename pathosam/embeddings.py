@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +88,6 @@ def compute_embeddings(
     With ``cache``, a zarr store is read if its signature matches (else a clear error) and
     written (to a temporary name, then renamed) if absent.
     """
-    from tqdm.auto import tqdm
-
     if tile_shape is None and halo is not None:
         raise ValueError("halo given without tile_shape")
     if tile_shape is not None and halo is None:
@@ -113,11 +110,33 @@ def compute_embeddings(
     blocks = [tile_slices(t.outer) for t in tiles] if tiles else [(slice(0, H), slice(0, W))]
     n = len(blocks)
     # With a cache, batches stream straight into the zarr store (memory: one batch), which is
-    # renamed into place only when complete; without one, features are held in memory.
-    store = _new_store(cache, n) if cache is not None else None
-    features = store["features"] if store is not None else np.empty((n, 256, 64, 64), dtype=np.float32)
+    # written under a temporary name and renamed into place only when complete; without one,
+    # features are held in memory.
+    if cache is None:
+        features = np.empty((n, 256, 64, 64), dtype=np.float32)
+        input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, features, batch_size,
+                                                     normalization, progress, bool(tiles))
+        return ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
+                               halo and tuple(halo), tiles, normalization, sig)
+    from .io.atomic import atomic_write
+
+    with atomic_write(cache) as tmp:
+        store = _new_store(tmp, n)
+        input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, store["features"],
+                                                     batch_size, normalization, progress, bool(tiles))
+        store.attrs["signature"] = sig
+        store.attrs["input_sizes"] = [list(x) for x in input_sizes]
+        store.attrs["original_sizes"] = [list(x) for x in original_sizes]
+    return load_cache(cache, sig)
+
+
+def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled):
+    """Encode the image ``blocks`` in batches into ``features``; returns input and original sizes."""
+    from tqdm.auto import tqdm
+
+    n = len(blocks)
     input_sizes, original_sizes = [], []
-    bar = tqdm(total=n, desc="embedding tiles" if tiles else "embedding", disable=not progress or n == 1)
+    bar = tqdm(total=n, desc="embedding tiles" if tiled else "embedding", disable=not progress or n == 1)
     for start in range(0, n, batch_size):
         batch = []
         for sl in blocks[start : start + batch_size]:
@@ -129,29 +148,14 @@ def compute_embeddings(
         features[start : start + len(batch)] = encode(batch)
         bar.update(len(batch))
     bar.close()
-    if store is not None:
-        store.attrs["signature"] = sig
-        store.attrs["input_sizes"] = [list(x) for x in input_sizes]
-        store.attrs["original_sizes"] = [list(x) for x in original_sizes]
-        os.replace(_partial(cache), cache)
-        return load_cache(cache, sig)
-    return ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
-                           halo and tuple(halo), tiles, normalization, sig)
-
-
-def _partial(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
+    return input_sizes, original_sizes
 
 
 def _new_store(path: str | os.PathLike, n: int):
-    """A fresh zarr group at ``path`` + ``.partial`` with an (n, 256, 64, 64) float32 array."""
+    """A fresh zarr group at ``path`` with an (n, 256, 64, 64) float32 array."""
     import zarr
 
-    tmp = _partial(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    root = zarr.open_group(str(tmp), mode="w")
+    root = zarr.open_group(str(path), mode="w")
     root.create_array("features", shape=(n, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32")
     return root
 

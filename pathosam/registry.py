@@ -157,33 +157,28 @@ def fetch(name: str, progress: bool = True, download: bool = True) -> Path:
         return target
     if not download or offline():
         raise ModelNotAvailableError(f"model file {name!r} is not in the cache. {_manual_hint(name)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
     entry = get(name)
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        with urllib.request.urlopen(entry.url, timeout=60) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}", disable=not progress) as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ModelNotAvailableError(f"could not download {name!r} from {entry.url}: {err}. {_manual_hint(name)}") from None
-    except BaseException:  # e.g. KeyboardInterrupt: leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        verify_file(name, tmp)
-    except HashMismatchError as err:
-        tmp.unlink(missing_ok=True)
-        raise HashMismatchError(f"the file downloaded from {entry.url} was rejected: {err}. {_manual_hint(name)}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
+    from .io.atomic import atomic_write
+
+    with atomic_write(target) as tmp:  # no partial file is left behind, whatever happens
+        try:
+            with urllib.request.urlopen(entry.url, timeout=60) as resp, open(tmp, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}",
+                          disable=not progress) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as err:
+            raise ModelNotAvailableError(
+                f"could not download {name!r} from {entry.url}: {err}. {_manual_hint(name)}") from None
+        try:
+            verify_file(name, tmp)
+        except HashMismatchError as err:
+            raise HashMismatchError(
+                f"the file downloaded from {entry.url} was rejected: {err}. {_manual_hint(name)}") from None
     return target
 
 
@@ -194,15 +189,11 @@ def import_file(name: str, file: str | os.PathLike, verify: bool = True) -> Path
         raise FileNotFoundError(f"no such file: {file}")
     if verify:
         verify_file(name, file)
+    from .io.atomic import atomic_write
+
     target = path(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    try:
+    with atomic_write(target) as tmp:
         shutil.copyfile(file, tmp)
-        os.replace(tmp, target)
-    except BaseException:  # leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

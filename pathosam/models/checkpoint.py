@@ -156,10 +156,10 @@ def decoder_flavour(decoder_state: dict[str, torch.Tensor]) -> tuple[bool, int]:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from ..io.atomic import atomic_write
+
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def default_decoder_path(sam_path: str | os.PathLike) -> Path:
