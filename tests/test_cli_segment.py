@@ -130,3 +130,21 @@ def test_segment_usage_errors(tiny_files, tmp_path, capsys):
     tifffile.imwrite(tif, np.zeros((20, 20, 3), np.uint8))
     assert main(["segment", str(tif), "-o", str(tmp_path), *model_args(tiny_files), "-q"]) == 1
     assert "overwrite the input" in capsys.readouterr().err
+
+
+def test_segment_amg_mode(rgb, tiny_files, tmp_path, capsys):
+    path = tmp_path / "amg.png"
+    Image.fromarray(rgb[:200, :240]).save(path)
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-o", str(out), "--mode", "amg", *model_args(tiny_files, classes=True),
+                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "-q"]) == 0
+    assert "segmented 1 of 1 images" in capsys.readouterr().out
+    check_outputs(out, "amg", (200, 240), classes=True)
+    # AIS thresholds are refused in AMG mode (and the reverse) by the library
+    import pathosam
+
+    model = pathosam.load_model(tiny_files["tiny_sam.pt"], device="cpu")
+    with pytest.raises(TypeError, match="unknown amg parameter"):
+        pathosam.segment(rgb[:64, :64], model, mode="amg", min_size=3)
+    with pytest.raises(ValueError, match="no instance"):
+        pathosam.segment(rgb[:64, :64], model, mode="ais")
