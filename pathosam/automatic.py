@@ -199,13 +199,12 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
                normalization, progress: bool) -> Segmentation:
     from tqdm.auto import tqdm
 
-    from .semantic import ClassVotes
+    from .semantic import class_features, classes_from_sums
 
     H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo)
     pp_halo = (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
     job = TiledAIS((H, W), tile_shape, pp_halo, params)
-    votes = ClassVotes() if classes else None
     rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
     t_model = t_post = 0.0
     bar = tqdm(total=len(tiles), desc="segmenting tiles", unit="tile", disable=not progress)
@@ -221,9 +220,7 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
         t1 = time.perf_counter()
         for tile, m, s in zip(batch, inst, sem):
             il = (slice(None), *tile_slices(tile.inner_local))
-            for _, block_labels, block_sem in job.add(tile.index, m[il], None if s is None else s[il]):
-                if votes is not None:
-                    votes.add(block_labels, block_sem)
+            job.add(tile.index, m[il], None if s is None else class_features(s[il]))
         t_model += t1 - t0
         t_post += time.perf_counter() - t1
         bar.update(len(batch))
@@ -231,8 +228,8 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
     t1 = time.perf_counter()
     n = job.finish()
     out = Segmentation(job.out, "ais")
-    if votes is not None:
-        out.classes, out.class_probabilities = votes.result(job.lut, n)
+    if classes:
+        out.classes, out.class_probabilities = classes_from_sums(job.nuclei.features)
     out.seconds = {"model": t_model, "postprocessing": t_post + time.perf_counter() - t1}
     return out
 

@@ -16,60 +16,35 @@ def class_map(semantic_maps: np.ndarray) -> np.ndarray:
     return maps.argmax(axis=0).astype(np.uint8)
 
 
-class ClassVotes:
-    """Accumulates, per nucleus id, the votes of its pixels' classes and their class shares.
+#: Number of per-pixel class features (:func:`class_features`): 6 one-hot votes + 5 class shares.
+N_CLASS_FEATURES = 11
 
-    Feed label blocks and the matching semantic maps with :meth:`add` (blocks may come in any
-    order, ids may be provisional); :meth:`result` gives the class and probability per id.
-    """
 
-    def __init__(self) -> None:
-        self.votes = np.zeros((1, 6), dtype=np.int64)  # [id, class] pixel counts
-        self.shares = np.zeros((1, 5), dtype=np.float64)  # [id, class-1] sums of class shares
+def class_features(semantic_maps: np.ndarray) -> np.ndarray:
+    """Per-pixel features whose per-nucleus sums decide the class: float32 (11, H, W) =
+    one-hot of the argmax class (channels 0..5, 0 = background) and the share of each nucleus
+    class among the five nucleus-class scores (channels 6..10 for classes 1..5)."""
+    maps = np.asarray(semantic_maps, dtype=np.float32)
+    per_pixel = class_map(maps)
+    onehot = (per_pixel[None] == np.arange(6, dtype=np.uint8)[:, None, None]).astype(np.float32)
+    scores = maps[1:]
+    share = scores / np.maximum(scores.sum(axis=0, keepdims=True), 1e-12)
+    return np.concatenate([onehot, share])
 
-    def add(self, labels: np.ndarray, semantic_maps: np.ndarray) -> None:
-        """Count the pixels of ``labels`` (h, w) with the (6, h, w) ``semantic_maps``."""
-        labels = np.asarray(labels)
-        maps = np.asarray(semantic_maps, dtype=np.float32)
-        if labels.shape != maps.shape[1:]:
-            raise ValueError(f"labels {labels.shape} and semantic maps {maps.shape} differ in size")
-        ids = labels.ravel().astype(np.int64)
-        n = max(int(ids.max()) + 1 if ids.size else 1, self.votes.shape[0])
-        if n > self.votes.shape[0]:
-            self.votes = np.concatenate([self.votes, np.zeros((n - self.votes.shape[0], 6), np.int64)])
-            self.shares = np.concatenate([self.shares, np.zeros((n - self.shares.shape[0], 5), np.float64)])
-        per_pixel = class_map(maps).ravel().astype(np.int64)
-        self.votes += np.bincount(ids * 6 + per_pixel, minlength=n * 6).reshape(n, 6)
-        scores = maps[1:].reshape(5, -1)
-        share = scores / np.maximum(scores.sum(axis=0), 1e-12)
-        for k in range(5):
-            self.shares[:, k] += np.bincount(ids, weights=share[k], minlength=n)
 
-    def result(self, lut: np.ndarray | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(classes, probabilities)`` as :func:`nucleus_classes`; with ``lut`` (provisional id ->
-        final id, 0 = dropped) for ``n`` final ids."""
-        votes, shares = self.votes, self.shares
-        if lut is not None:
-            m = min(lut.size, votes.shape[0])
-            final = lut[:m].astype(np.int64)
-            n = int(final.max()) if n is None else n
-            v = np.zeros((n + 1, 6), np.int64)
-            s = np.zeros((n + 1, 5), np.float64)
-            np.add.at(v, final, votes[:m])
-            np.add.at(s, final, shares[:m])
-            votes, shares = v, s
-        elif n is not None and votes.shape[0] < n + 1:
-            votes = np.concatenate([votes, np.zeros((n + 1 - votes.shape[0], 6), np.int64)])
-            shares = np.concatenate([shares, np.zeros((n + 1 - shares.shape[0], 5), np.float64)])
-        nucleus_votes = votes[:, 1:]  # background pixels do not vote
-        classes = np.where(nucleus_votes.max(axis=1) > 0, nucleus_votes.argmax(axis=1) + 1, 0).astype(np.uint8)
-        classes[0] = 0
-        counts = votes.sum(axis=1)
-        chosen = np.maximum(classes.astype(np.int64) - 1, 0)
-        probabilities = np.where(classes > 0, shares[np.arange(len(classes)), chosen] / np.maximum(counts, 1), 0)
-        probabilities = probabilities.astype(np.float32)
-        probabilities[0] = 0
-        return classes, probabilities
+def classes_from_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class and probability per nucleus from summed :func:`class_features` (N, 11), one row per
+    nucleus id 1..N. Returns uint8 / float32 arrays of length N + 1 (index 0 unused = 0)."""
+    sums = np.asarray(sums, dtype=np.float64).reshape(-1, N_CLASS_FEATURES)
+    votes, shares = sums[:, 1:6], sums[:, 6:]  # background pixels do not vote
+    counts = sums[:, :6].sum(axis=1)
+    has = votes.max(axis=1) > 0
+    chosen = votes.argmax(axis=1)
+    classes = np.zeros(len(sums) + 1, np.uint8)
+    classes[1:] = np.where(has, chosen + 1, 0)
+    probabilities = np.zeros(len(sums) + 1, np.float32)
+    probabilities[1:] = np.where(has, shares[np.arange(len(sums)), chosen] / np.maximum(counts, 1), 0)
+    return classes, probabilities
 
 
 def nucleus_classes(labels: np.ndarray, semantic_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +68,11 @@ def nucleus_classes(labels: np.ndarray, semantic_maps: np.ndarray) -> tuple[np.n
         nucleus-class scores (scores normalised to sum to 1 over classes 1..5 per pixel).
     """
     labels = np.asarray(labels)
-    acc = ClassVotes()
-    acc.add(labels, semantic_maps)
-    return acc.result(n=int(labels.max()) if labels.size else 0)
+    maps = np.asarray(semantic_maps)
+    if labels.shape != maps.shape[1:]:
+        raise ValueError(f"labels {labels.shape} and semantic maps {maps.shape} differ in size")
+    ids = labels.ravel().astype(np.int64)
+    n = int(ids.max()) if ids.size else 0
+    feats = class_features(maps).reshape(N_CLASS_FEATURES, -1)
+    sums = np.stack([np.bincount(ids, feats[j], minlength=n + 1)[1:] for j in range(N_CLASS_FEATURES)], axis=1)
+    return classes_from_sums(sums)

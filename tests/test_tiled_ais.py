@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from pathosam.instances import ais_from_maps
-from pathosam.instances.tiled import AISParams, TiledAIS, tiled_ais_from_maps
+from pathosam.instances.tiled import AISParams, TiledAIS, process_block, tiled_ais_from_maps
 
 from .test_ais import IMAGES, PARAMS, load_maps, partition_report
 
@@ -101,12 +101,12 @@ def test_streaming_in_any_order_equals_full_maps(vectors):
         processed = []
         for i in order:
             (r0, c0), (r1, c1) = job.grid.tiles[int(i)].inner
-            processed += [b for b, _, _ in job.add(int(i), maps[:, r0:r1, c0:c1])]
+            processed += job.add(int(i), maps[:, r0:r1, c0:c1])
             max_held = max(max_held, len(job._maps))
         assert sorted(processed) == list(range(job.n_blocks))
         assert job.finish() == expected.max()
         np.testing.assert_array_equal(job.out, expected)
-        assert not job._maps and not job._pids  # everything released
+        assert not job._maps  # every tile's maps released
         if order_seed is None:
             # raster order holds about two rows of tile maps, not the image
             assert max_held <= 2 * job.grid.n_cols + 2
@@ -134,3 +134,36 @@ def test_empty_and_bad_input():
         job.add(0, np.zeros((3, 10, 10), np.float32))
     with pytest.raises(RuntimeError, match="not been post-processed"):
         job.finish()
+
+
+def test_block_results_are_order_independent_and_give_the_nucleus_table(vectors):
+    """Blocks computed independently (other processes, a previous run) and merged in any order
+    give the same labels; the merged per-nucleus data equal the label image's properties."""
+    maps = load_maps(vectors, "cpm15")
+    params = AISParams(min_size=20)
+    expected = ais_from_maps(maps, min_size=20)
+    job = TiledAIS(maps.shape[1:], (128, 160), (64, 64), params)
+    feats = np.stack([np.ones(maps.shape[1:]), maps[0]])  # per-pixel features summed per nucleus
+    results = []
+    for tile in reversed(list(job.blocks())):
+        ext = job.grid.extended(tile.index)
+        (r0, c0), (r1, c1) = tile.inner
+        results.append(process_block(job.grid.shape, tile, job.grid.halo,
+                                     maps[(slice(None), slice(ext[0][0], ext[1][0]), slice(ext[0][1], ext[1][1]))],
+                                     params, feats[:, r0:r1, c0:c1]))
+    for r in results[::2] + results[1::2]:
+        job.put(r)
+    n = job.finish()
+    np.testing.assert_array_equal(job.out, expected)
+    nuc = job.nuclei
+    assert len(nuc) == n == expected.max()
+    from skimage.measure import regionprops
+
+    props = regionprops(expected)
+    np.testing.assert_array_equal(nuc.area, [p.area for p in props])
+    np.testing.assert_allclose(nuc.centroid, [p.centroid for p in props], atol=1e-9)
+    np.testing.assert_array_equal(nuc.bbox, [p.bbox for p in props])
+    np.testing.assert_allclose(nuc.features[:, 0], nuc.area)
+    np.testing.assert_allclose(nuc.features[:, 1], [maps[0][expected == p.label].sum() for p in props], rtol=1e-6)
+    # anchors are the seeds' first pixels, increasing with the id
+    assert np.all(np.diff(nuc.anchor) > 0)

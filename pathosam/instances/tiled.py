@@ -1,25 +1,30 @@
-"""Tiled AIS post-processing that does not depend on tile borders, and streams.
+"""Tiled AIS post-processing that does not depend on tile borders, streams and can resume.
 
 The image is cut into the blocks of the tile grid (``pathosam.tiling``). Each block is
 post-processed on its *extended* region (block + ``halo``, clipped to the image) with exactly the
 untiled algorithm (:func:`pathosam.instances.ais.ais_from_maps`): smoothing, thresholds,
-8-connected seeds, seeded watershed. Only the block's own (inner) pixels are written.
+8-connected seeds, seeded watershed. Only the block's own (inner) pixels are kept.
 
 Seam-free stitching: every seed (connected component of the seed mask) is identified by its
 *anchor*, the global raster index ``row * W + col`` of its first pixel in row-major order. A
 seed lying within ``halo`` of a block is seen whole, with the same anchor, by every block whose
 extended region contains it, so pixels that different blocks assign to the same nucleus get the
-same id: no nucleus is split or duplicated at a border. Final ids are the anchors' ranks, which is
-also how ``skimage.measure.label`` numbers the seeds of the untiled algorithm: when the tiled and
-untiled watersheds agree, the label images are identical, not merely the same partition.
+same id: no nucleus is split or duplicated at a border. Final ids are the ranks of the anchors,
+which is also how ``skimage.measure.label`` numbers the seeds of the untiled algorithm: when the
+tiled and untiled watersheds agree, the label images are identical, not merely the same partition.
+
+Each block's result (:class:`BlockResult`: labels with block-local ids, the anchors of those ids,
+per-nucleus pixel statistics and optional per-pixel feature sums) depends only on the maps, never
+on the order in which blocks are processed. Blocks can therefore run in any order, on other
+processes, or be saved and reloaded (resume); :meth:`TiledAIS.finish` merges the results by
+anchor, applies ``min_size`` and writes the final ids.
 
 Limits: within each block the result equals the untiled one except where the watershed's flooding
 paths leave the extended region, i.e. for nuclei larger than ``halo``; such a nucleus may be cut.
 
-Memory: the provisional label image (the output array, which may be a ``numpy.memmap`` or a zarr
-array), two integers per nucleus, and a map of anchors to ids only for blocks whose neighbours are
-not finished yet. Maps are consumed block by block (:class:`TiledAIS`), so they never need to be
-held for the whole image.
+Memory: the label image (the output array, which may be a memmap or a zarr array), a few numbers
+per nucleus, and - when maps are streamed in with :meth:`TiledAIS.add` - the maps of the tiles
+whose neighbouring blocks are not finished (about two rows of tiles in raster order).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import numpy as np
 from ..tiling import Block, Tile, tile_grid, tile_slices
 from .ais import _smoothed_maps_and_seeds, check_maps, check_params, seeded_watershed
 
-ROWS_PER_RELABEL = 1024
+#: Columns of :attr:`BlockResult.stats` (pixel coordinates of the full image, rows and cols).
+STATS = ("area", "sum_row", "sum_col", "min_row", "min_col", "max_row", "max_col")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,42 @@ class AISParams:
 
     def __post_init__(self) -> None:
         check_params(self.foreground_smoothing, self.distance_smoothing, self.min_size)
+
+
+@dataclass
+class BlockResult:
+    """Post-processing result of one block, independent of all other blocks' processing.
+
+    ``labels``: uint32 (h, w) inner block, 0 = background, 1..k block-local ids; ``anchors``:
+    int64 (k,) anchor of local id i + 1; ``stats``: float64 (k, 7) per local id, columns
+    :data:`STATS` (area in pixels, sums and extremes of row / col indices); ``features``:
+    float64 (k, m) sums over each nucleus' pixels of the ``features`` given to the block, or None.
+    """
+
+    index: int
+    labels: np.ndarray
+    anchors: np.ndarray
+    stats: np.ndarray
+    features: np.ndarray | None = None
+
+
+@dataclass
+class Nuclei:
+    """Per-nucleus data of the final label image, indexed by final id - 1.
+
+    ``anchor`` int64, ``area`` int64 pixels, ``centroid`` float64 (N, 2) (row, col) of the pixel
+    centres' mean in pixel-index units (add 0.5 for pixel-corner coordinates), ``bbox`` int64
+    (N, 4) (min_row, min_col, max_row + 1, max_col + 1), ``features`` float64 (N, m) or None.
+    """
+
+    anchor: np.ndarray
+    area: np.ndarray
+    centroid: np.ndarray
+    bbox: np.ndarray
+    features: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.anchor.size)
 
 
 def _extended(block: Block, halo: tuple[int, int], shape: tuple[int, int]) -> Block:
@@ -78,9 +120,103 @@ class _Grid:
         return [a * self.n_cols + b for a in range(max(i - 1, 0), min(i + 2, self.n_rows))
                 for b in range(max(j - 1, 0), min(j + 2, self.n_cols))]
 
-    def owner(self, anchor: int) -> int:
-        r, c = divmod(anchor, self.shape[1])
-        return (r // self.tile_shape[0]) * self.n_cols + c // self.tile_shape[1]
+    def extended(self, index: int) -> Block:
+        return _extended(self.tiles[index].inner, self.halo, self.shape)
+
+
+def process_block(
+    grid_shape: tuple[int, int], tile: Tile, halo: tuple[int, int], ext_maps: np.ndarray, params: AISParams,
+    features: np.ndarray | None = None,
+) -> BlockResult:
+    """Post-process one block given the (3, h, w) maps of its extended region (inner + ``halo``,
+    clipped to the image of shape ``grid_shape``) and optional (m, h_in, w_in) per-pixel
+    ``features`` of its inner region to be summed per nucleus."""
+    (e0, f0), (e1, f1) = _extended(tile.inner, halo, grid_shape)
+    if ext_maps.shape != (3, e1 - e0, f1 - f0):
+        raise ValueError(f"extended maps of block {tile.index}: shape {ext_maps.shape}, expected {(3, e1 - e0, f1 - f0)}")
+    p = params
+    _, _, boundary, fg_mask, seeds = _smoothed_maps_and_seeds(
+        ext_maps, p.center_distance_threshold, p.boundary_distance_threshold, p.foreground_threshold,
+        p.foreground_smoothing, p.distance_smoothing,
+    )
+    (r0, c0), (r1, c1) = tile.inner
+    h, w = r1 - r0, c1 - c0
+    n_seeds = int(seeds.max())
+    if n_seeds == 0:
+        empty = np.zeros((0, len(STATS)))
+        feats = np.zeros((0, features.shape[0])) if features is not None else None
+        return BlockResult(tile.index, np.zeros((h, w), np.uint32), np.zeros(0, np.int64), empty, feats)
+    local = seeded_watershed(boundary, seeds, fg_mask)[r0 - e0 : r1 - e0, c0 - f0 : c1 - f0]
+    # anchors: first pixel (row-major) of each seed, as a global raster index
+    flat = seeds.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    rows, cols = np.divmod(nz[first], f1 - f0)
+    seed_anchor = np.zeros(n_seeds + 1, np.int64)
+    seed_anchor[ids] = (rows + e0) * grid_shape[1] + (cols + f0)
+    # renumber the seeds present in the inner block to 1..k (ascending seed id = ascending anchor)
+    present = np.unique(local)
+    present = present[present > 0]
+    lut = np.zeros(n_seeds + 1, np.uint32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
+    labels = lut[local]
+    k = present.size
+    ids = labels.ravel().astype(np.int64)
+    rr, cc = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    rr += r0
+    cc += c0
+    stats = np.empty((k, len(STATS)))
+    stats[:, 0] = np.bincount(ids, minlength=k + 1)[1:]
+    stats[:, 1] = np.bincount(ids, rr, minlength=k + 1)[1:]
+    stats[:, 2] = np.bincount(ids, cc, minlength=k + 1)[1:]
+    fg = ids > 0
+    for col, values, red, init in ((3, rr, np.minimum, np.inf), (4, cc, np.minimum, np.inf),
+                                   (5, rr, np.maximum, -np.inf), (6, cc, np.maximum, -np.inf)):
+        out = np.full(k + 1, init)
+        red.at(out, ids[fg], values[fg])
+        stats[:, col] = out[1:]
+    feats = None
+    if features is not None:
+        f = np.asarray(features, np.float64).reshape(features.shape[0], -1)
+        feats = np.stack([np.bincount(ids, f[j], minlength=k + 1)[1:] for j in range(f.shape[0])], axis=1)
+    return BlockResult(tile.index, labels, seed_anchor[present], stats, feats)
+
+
+def merge_blocks(results: list[BlockResult], min_size: int = 0) -> tuple[Nuclei, dict[int, np.ndarray]]:
+    """Merge block results by anchor: per-nucleus data of the kept nuclei (area >= ``min_size``,
+    ids = anchor ranks 1..N) and, per block index, the lookup table local id -> final id."""
+    if not results:
+        raise ValueError("no block results to merge")
+    anchors = np.concatenate([r.anchors for r in results])
+    stats = np.concatenate([r.stats for r in results]) if anchors.size else np.zeros((0, len(STATS)))
+    uniq, inv = np.unique(anchors, return_inverse=True)
+    n = uniq.size
+    area = np.bincount(inv, stats[:, 0], minlength=n)
+    sums = np.stack([np.bincount(inv, stats[:, j], minlength=n) for j in (1, 2)], axis=1)
+    mins = np.full((n, 2), np.inf)
+    maxs = np.full((n, 2), -np.inf)
+    np.minimum.at(mins, inv, stats[:, 3:5])
+    np.maximum.at(maxs, inv, stats[:, 5:7])
+    keep = area >= max(min_size, 1)
+    final = np.where(keep, np.cumsum(keep), 0).astype(np.uint32)
+    luts, offset = {}, 0
+    for r in results:
+        k = r.anchors.size
+        luts[r.index] = np.concatenate([[0], final[inv[offset : offset + k]]]).astype(np.uint32)
+        offset += k
+    features = None
+    if results[0].features is not None:
+        f = np.concatenate([r.features for r in results])
+        features = np.stack([np.bincount(inv, f[:, j], minlength=n) for j in range(f.shape[1])], axis=1)[keep]
+    a = area[keep]
+    nuclei = Nuclei(
+        anchor=uniq[keep],
+        area=a.astype(np.int64),
+        centroid=sums[keep] / np.maximum(a, 1)[:, None],
+        bbox=np.concatenate([mins[keep], maxs[keep] + 1], axis=1).astype(np.int64),
+        features=features,
+    )
+    return nuclei, luts
 
 
 class TiledAIS:
@@ -88,7 +224,9 @@ class TiledAIS:
 
     Feed the decoder maps of each tile's inner block in any order with :meth:`add`; a block is
     post-processed as soon as the maps of all its neighbours are there, and maps are dropped when
-    no unfinished block needs them. :meth:`finish` relabels the output to ids 1..N.
+    no unfinished block needs them. Or post-process blocks directly (:meth:`process`) from maps
+    you hold, or :meth:`put` results computed elsewhere (other processes, a previous run).
+    :meth:`finish` writes the final ids 1..N.
 
     Parameters
     ----------
@@ -102,8 +240,8 @@ class TiledAIS:
     params : AISParams
         Post-processing parameters.
     out : array-like, optional
-        Writable uint32 (H, W) array (numpy, memmap, zarr) receiving the labels; a new numpy
-        array if omitted.
+        Writable uint32 (H, W) array (numpy, memmap, zarr) receiving the labels (block-local ids
+        until :meth:`finish`); a new numpy array if omitted.
     """
 
     def __init__(
@@ -120,40 +258,37 @@ class TiledAIS:
         if tuple(self.out.shape) != self.grid.shape:
             raise ValueError(f"out has shape {tuple(self.out.shape)}, expected {self.grid.shape}")
         self._maps: dict[int, np.ndarray] = {}
-        self._extra: dict[int, object] = {}
-        self._done: set[int] = set()
-        self._pids: dict[int, dict[int, int]] = {}  # owner block -> {anchor: provisional id}
-        self._anchor = np.zeros(1024, dtype=np.int64)  # provisional id -> anchor (index 0 unused)
-        self._area = np.zeros(1024, dtype=np.int64)  # provisional id -> pixels written
-        self._n = 0
-        self.lut: np.ndarray | None = None
+        self._features: dict[int, np.ndarray | None] = {}
+        self.results: dict[int, BlockResult] = {}  # labels are dropped once written to ``out``
+        self.nuclei: Nuclei | None = None
 
     @property
     def n_blocks(self) -> int:
         return len(self.grid.tiles)
 
-    # ------------------------------------------------------------------ streaming interface
-    def add(self, index: int, inner_maps: np.ndarray, extra=None) -> list[tuple[int, np.ndarray, object]]:
-        """Give the (C, h, w) maps of block ``index``'s inner region (C >= 3: foreground,
-        centre distance, boundary distance first) and optional ``extra`` data of that block.
+    def blocks(self) -> Iterator[Tile]:
+        return iter(self.grid.tiles)
 
-        Returns ``(index, labels, extra)`` for each block post-processed now; ``labels`` are its
-        provisional ids (final ids after :meth:`finish` through ``self.lut``)."""
-        tile = self.grid.tiles[index]
-        (r0, c0), (r1, c1) = tile.inner
+    # ------------------------------------------------------------------ streaming interface
+    def add(self, index: int, inner_maps: np.ndarray, features: np.ndarray | None = None) -> list[int]:
+        """Give the (C, h, w) maps of block ``index``'s inner region (C >= 3: foreground,
+        centre distance, boundary distance first) and optional (m, h, w) per-pixel ``features``
+        to be summed per nucleus. Returns the blocks post-processed now."""
+        (r0, c0), (r1, c1) = self.grid.tiles[index].inner
         if inner_maps.shape[1:] != (r1 - r0, c1 - c0) or inner_maps.shape[0] < 3:
             raise ValueError(f"maps of block {index} have shape {inner_maps.shape}, expected (3, {r1 - r0}, {c1 - c0})")
         self._maps[index] = np.asarray(inner_maps[:3], dtype=np.float32)
-        self._extra[index] = extra
+        self._features[index] = features
         # a neighbour's maps are kept until all blocks around it are done, so presence suffices
         ready = [b for b in self.grid.neighbours(index)
-                 if b not in self._done and all(n in self._maps for n in self.grid.neighbours(b))]
-        return [(b, self.process_block(b, self._assemble(b)), self._extra.pop(b)) for b in ready]
+                 if b not in self.results and all(n in self._maps for n in self.grid.neighbours(b))]
+        for b in ready:
+            self.process(b, self._assemble(b), self._features.pop(b))
+        return ready
 
     def _assemble(self, index: int) -> np.ndarray:
         """The maps of block ``index``'s extended region, from its neighbours' inner maps."""
-        ext = _extended(self.grid.tiles[index].inner, self.grid.halo, self.grid.shape)
-        (e0, f0), (e1, f1) = ext
+        (e0, f0), (e1, f1) = self.grid.extended(index)
         maps = np.empty((3, e1 - e0, f1 - f0), dtype=np.float32)
         for n in self.grid.neighbours(index):
             (r0, c0), (r1, c1) = self.grid.tiles[n].inner
@@ -162,90 +297,38 @@ class TiledAIS:
                 maps[:, a0 - e0 : a1 - e0, b0 - f0 : b1 - f0] = self._maps[n][:, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
         return maps
 
-    # ------------------------------------------------------------------ one block
-    def process_block(self, index: int, ext_maps: np.ndarray) -> np.ndarray:
-        """Post-process block ``index`` given the maps (3, h, w) of its extended region; returns
-        the block's provisional labels (also written to ``out``)."""
-        tile = self.grid.tiles[index]
-        ext = _extended(tile.inner, self.grid.halo, self.grid.shape)
-        (e0, f0), (e1, f1) = ext
-        if ext_maps.shape != (3, e1 - e0, f1 - f0):
-            raise ValueError(f"extended maps of block {index}: shape {ext_maps.shape}, expected {(3, e1 - e0, f1 - f0)}")
-        p = self.params
-        _, _, boundary, fg_mask, seeds = _smoothed_maps_and_seeds(
-            ext_maps, p.center_distance_threshold, p.boundary_distance_threshold, p.foreground_threshold,
-            p.foreground_smoothing, p.distance_smoothing,
-        )
-        (r0, c0), (r1, c1) = tile.inner
-        inner = (slice(r0 - e0, r1 - e0), slice(c0 - f0, c1 - f0))
-        n_seeds = int(seeds.max())
-        if n_seeds == 0:
-            local = np.zeros((r1 - r0, c1 - c0), dtype=np.int64)
-        else:
-            local = seeded_watershed(boundary, seeds, fg_mask)[inner]
-        # anchors: first pixel (row-major) of each seed, as a global raster index
-        flat = seeds.ravel()
-        nz = np.flatnonzero(flat)
-        ids, first = np.unique(flat[nz], return_index=True)
-        pos = nz[first]
-        rows, cols = np.divmod(pos, f1 - f0)
-        anchors = (rows + e0) * self.grid.shape[1] + (cols + f0)
-        lut = np.zeros(n_seeds + 1, dtype=np.uint32)
-        present = np.unique(local)
-        for sid in present[present > 0].tolist():
-            lut[sid] = self._pid(int(anchors[np.searchsorted(ids, sid)]))
-        block = lut[local]
-        self.out[r0:r1, c0:c1] = block
-        counts = np.bincount(block.ravel(), minlength=self._n + 1)
-        self._area[: counts.size] += counts
-        self._finished(index)
-        return block
+    def process(self, index: int, ext_maps: np.ndarray, features: np.ndarray | None = None) -> BlockResult:
+        """Post-process block ``index`` from the (3, h, w) maps of its extended region."""
+        result = process_block(self.grid.shape, self.grid.tiles[index], self.grid.halo, ext_maps, self.params,
+                               features)
+        self.put(result)
+        return result
 
-    def _pid(self, anchor: int) -> int:
-        owner = self.grid.owner(anchor)
-        table = self._pids.setdefault(owner, {})
-        pid = table.get(anchor)
-        if pid is None:
-            self._n += 1
-            pid = self._n
-            if pid >= self._anchor.size:
-                self._anchor = np.concatenate([self._anchor, np.zeros_like(self._anchor)])
-                self._area = np.concatenate([self._area, np.zeros_like(self._area)])
-            self._anchor[pid] = anchor
-            table[anchor] = pid
-        return pid
-
-    def _finished(self, index: int) -> None:
-        self._done.add(index)
-        for n in self.grid.neighbours(index):
-            if all(m in self._done for m in self.grid.neighbours(n)):
-                self._pids.pop(n, None)
+    def put(self, result: BlockResult, labels_written: bool = False) -> None:
+        """Record a block result (computed here or elsewhere); writes its labels unless
+        ``labels_written`` (e.g. reloaded from a previous run's output array)."""
+        if not labels_written:
+            (r0, c0), (r1, c1) = self.grid.tiles[result.index].inner
+            self.out[r0:r1, c0:c1] = result.labels
+        result.labels = None  # held in ``out`` now
+        self.results[result.index] = result
+        for n in self.grid.neighbours(result.index):
+            if all(m in self.results for m in self.grid.neighbours(n)):
                 self._maps.pop(n, None)
 
     # ------------------------------------------------------------------ result
     def finish(self) -> int:
-        """Size-filter and relabel the output in place to ids 1..N (ordered by anchor); returns N.
-
-        ``self.lut`` then maps provisional ids to final ids (0 = removed by ``min_size``)."""
-        missing = self.n_blocks - len(self._done)
+        """Merge the blocks by anchor, drop nuclei below ``min_size`` and write the final ids
+        1..N (ordered by anchor) into ``out``, block by block; returns N. ``self.nuclei`` then
+        holds the per-nucleus data (:class:`Nuclei`)."""
+        missing = self.n_blocks - len(self.results)
         if missing:
             raise RuntimeError(f"{missing} of {self.n_blocks} blocks have not been post-processed")
-        n = self._n
-        anchor, area = self._anchor[1 : n + 1], self._area[1 : n + 1]
-        keep = area >= max(self.params.min_size, 1)
-        order = np.argsort(anchor, kind="stable")
-        order = order[keep[order]]
-        lut = np.zeros(n + 1, dtype=np.uint32)
-        lut[order + 1] = np.arange(1, order.size + 1, dtype=np.uint32)
-        self.lut = lut
-        H = self.grid.shape[0]
-        for r in range(0, H, ROWS_PER_RELABEL):
-            rows = slice(r, min(r + ROWS_PER_RELABEL, H))
-            self.out[rows] = lut[np.asarray(self.out[rows])]
-        return int(order.size)
-
-    def blocks(self) -> Iterator[Tile]:
-        return iter(self.grid.tiles)
+        self.nuclei, luts = merge_blocks([self.results[i] for i in range(self.n_blocks)], self.params.min_size)
+        for tile in self.grid.tiles:
+            sl = tile_slices(tile.inner)
+            self.out[sl] = luts[tile.index][np.asarray(self.out[sl])]
+        return len(self.nuclei)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -263,7 +346,6 @@ def tiled_ais_from_maps(
     maps = check_maps(maps)
     job = TiledAIS(maps.shape[1:], tile_shape, halo, params, out=out)
     for tile in job.blocks():
-        ext = _extended(tile.inner, job.grid.halo, job.grid.shape)
-        job.process_block(tile.index, maps[(slice(None), *tile_slices(ext))])
+        job.process(tile.index, maps[(slice(None), *tile_slices(job.grid.extended(tile.index)))])
     job.finish()
     return job.out
