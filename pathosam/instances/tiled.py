@@ -135,11 +135,15 @@ def process_block(
     if ext_maps.shape != (3, e1 - e0, f1 - f0):
         raise ValueError(f"extended maps of block {tile.index}: shape {ext_maps.shape}, expected {(3, e1 - e0, f1 - f0)}")
     p = params
+    (r0, c0), (r1, c1) = tile.inner
+    if float(ext_maps[0].max()) <= p.foreground_threshold:
+        # smoothing is an average, so no pixel can exceed the threshold: nothing to segment
+        return BlockResult(tile.index, np.zeros((r1 - r0, c1 - c0), np.uint32), np.zeros(0, np.int64),
+                           np.zeros((0, len(STATS))), None if features is None else np.zeros((0, features.shape[0])))
     _, _, boundary, fg_mask, seeds = _smoothed_maps_and_seeds(
         ext_maps, p.center_distance_threshold, p.boundary_distance_threshold, p.foreground_threshold,
         p.foreground_smoothing, p.distance_smoothing,
     )
-    (r0, c0), (r1, c1) = tile.inner
     h, w = r1 - r0, c1 - c0
     n_seeds = int(seeds.max())
     if n_seeds == 0:
@@ -242,6 +246,9 @@ class TiledAIS:
     out : array-like, optional
         Writable uint32 (H, W) array (numpy, memmap, zarr) receiving the labels (block-local ids
         until :meth:`finish`); a new numpy array if omitted.
+    on_result : callable, optional
+        Called with each new :class:`BlockResult` once its labels are in ``out`` (e.g. to save it
+        for resuming).
     """
 
     def __init__(
@@ -251,7 +258,9 @@ class TiledAIS:
         halo: tuple[int, int],
         params: AISParams = AISParams(),
         out=None,
+        on_result=None,
     ) -> None:
+        self.on_result = on_result
         self.grid = _Grid((int(shape[0]), int(shape[1])), _pair(tile_shape), _pair(halo))
         self.params = params
         self.out = np.zeros(self.grid.shape, dtype=np.uint32) if out is None else out
@@ -277,6 +286,8 @@ class TiledAIS:
         (r0, c0), (r1, c1) = self.grid.tiles[index].inner
         if inner_maps.shape[1:] != (r1 - r0, c1 - c0) or inner_maps.shape[0] < 3:
             raise ValueError(f"maps of block {index} have shape {inner_maps.shape}, expected (3, {r1 - r0}, {c1 - c0})")
+        if all(b in self.results for b in self.grid.neighbours(index)):
+            return []  # every block that needs these maps is done already (resumed run)
         self._maps[index] = np.asarray(inner_maps[:3], dtype=np.float32)
         self._features[index] = features
         # a neighbour's maps are kept until all blocks around it are done, so presence suffices
@@ -310,6 +321,8 @@ class TiledAIS:
         if not labels_written:
             (r0, c0), (r1, c1) = self.grid.tiles[result.index].inner
             self.out[r0:r1, c0:c1] = result.labels
+            if self.on_result is not None:
+                self.on_result(result)
         result.labels = None  # held in ``out`` now
         self.results[result.index] = result
         for n in self.grid.neighbours(result.index):
@@ -317,17 +330,18 @@ class TiledAIS:
                 self._maps.pop(n, None)
 
     # ------------------------------------------------------------------ result
-    def finish(self) -> int:
+    def finish(self, target=None) -> int:
         """Merge the blocks by anchor, drop nuclei below ``min_size`` and write the final ids
-        1..N (ordered by anchor) into ``out``, block by block; returns N. ``self.nuclei`` then
-        holds the per-nucleus data (:class:`Nuclei`)."""
+        1..N (ordered by anchor), block by block, into ``target`` (default: ``out`` itself, in
+        place); returns N. ``self.nuclei`` then holds the per-nucleus data (:class:`Nuclei`)."""
         missing = self.n_blocks - len(self.results)
         if missing:
             raise RuntimeError(f"{missing} of {self.n_blocks} blocks have not been post-processed")
         self.nuclei, luts = merge_blocks([self.results[i] for i in range(self.n_blocks)], self.params.min_size)
+        target = self.out if target is None else target
         for tile in self.grid.tiles:
             sl = tile_slices(tile.inner)
-            self.out[sl] = luts[tile.index][np.asarray(self.out[sl])]
+            target[sl] = luts[tile.index][np.asarray(self.out[sl])]
         return len(self.nuclei)
 
 

@@ -28,7 +28,8 @@ from .labels import as_label_image
 from .polygons import Part, label_outlines, label_polygons
 from .table import nucleus_table
 
-__all__ = ["CLASS_COLORS", "ID_NAMESPACE", "OBJECT_TYPES", "class_color", "label_polygons", "write_geojson"]
+__all__ = ["CLASS_COLORS", "ID_NAMESPACE", "OBJECT_TYPES", "class_color", "label_polygons", "make_feature",
+           "write_features", "write_geojson"]
 
 #: Colours of the PanNuke classes (HoVer-Net's PanNuke palette), [r, g, b] 0..255.
 CLASS_COLORS: dict[str, list[int]] = {
@@ -47,6 +48,7 @@ OBJECT_TYPES = ("annotation", "detection", "cell", "tile", "tmaCore")
 
 #: Table column -> QuPath measurement name, and the decimals kept.
 MEASUREMENTS: dict[str, tuple[str, int | None]] = {
+    "id": ("Label id", None),
     "area": ("Area px", None),
     "centroid_x": ("Centroid X px", 4),
     "centroid_y": ("Centroid Y px", 4),
@@ -101,6 +103,26 @@ def _table_columns(table: pd.DataFrame, max_id: int) -> tuple[np.ndarray, dict[s
     return row, values, names
 
 
+def make_feature(
+    lid: int, parts: list[Part], object_type: str = "detection", class_name: str = "",
+    measurements: dict | None = None, id_namespace: str | None = "",
+) -> dict:
+    """One QuPath Feature: outline ``parts`` (as :func:`~pathosam.io.polygons.label_outlines`
+    yields them), a classification when ``class_name`` is non-empty, finite measurements only."""
+    feature: dict = {"type": "Feature"}
+    if id_namespace is not None:
+        feature["id"] = str(uuid.uuid5(ID_NAMESPACE, f"{id_namespace}:{lid}"))
+    feature["geometry"] = _geometry(parts)
+    props: dict = {"objectType": object_type}
+    if class_name:
+        props["classification"] = {"name": class_name, "color": class_color(class_name)}
+    m = {k: v for k, v in (measurements or {}).items() if v is not None and np.isfinite(v)}
+    if m:
+        props["measurements"] = m
+    feature["properties"] = props
+    return feature
+
+
 def _features(
     labels: np.ndarray,
     table: pd.DataFrame | None,
@@ -111,20 +133,33 @@ def _features(
     max_id = int(labels.max()) if labels.size else 0
     row, values, names = (np.full(max_id + 1, -1), {}, None) if table is None else _table_columns(table, max_id)
     for lid, parts in label_outlines(labels, offset):
-        feature: dict = {"type": "Feature"}
-        if id_namespace is not None:
-            feature["id"] = str(uuid.uuid5(ID_NAMESPACE, f"{id_namespace}:{lid}"))
-        feature["geometry"] = _geometry(parts)
-        props: dict = {"objectType": object_type}
         r = int(row[lid])
-        if r >= 0:
-            if names is not None and names[r]:
-                props["classification"] = {"name": names[r], "color": class_color(names[r])}
-            m = {name: v[r] for name, v in values.items() if v[r] is not None}
-            if m:
-                props["measurements"] = m
-        feature["properties"] = props
-        yield feature
+        name = names[r] if r >= 0 and names is not None else ""
+        m = {k: v[r] for k, v in values.items()} if r >= 0 else None
+        yield make_feature(lid, parts, object_type, name, m, id_namespace)
+
+
+def write_features(path: str | os.PathLike, features, total: int | None = None, gzip: bool | None = None,
+                   progress: bool = True) -> Path:
+    """Stream an iterable of Feature dicts into a FeatureCollection file (atomic; gzip when
+    ``gzip`` or the name ends with ``.gz``; no time stamp in the gzip header)."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    compress = path.name.lower().endswith(".gz") if gzip is None else bool(gzip)
+    with atomic_write(path) as tmp, open(tmp, "wb") as raw:
+        stream = raw
+        if compress:
+            stream = gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+        with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as text:
+            text.write('{"type":"FeatureCollection","features":[')
+            sep = "\n"
+            for feature in tqdm(features, total=total, desc="GeoJSON", unit="objects", disable=not progress):
+                text.write(sep)
+                text.write(json.dumps(feature, allow_nan=False, separators=(",", ":"), ensure_ascii=False))
+                sep = ",\n"
+            text.write("\n]}\n")
+    return path
 
 
 def write_geojson(
@@ -183,8 +218,6 @@ def write_geojson(
     Objects whose pixels touch only diagonally become MultiPolygons (one part per 4-connected
     component).
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     if object_type not in OBJECT_TYPES:
         raise ValueError(f"{path}: object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
@@ -193,20 +226,6 @@ def write_geojson(
         table = nucleus_table(labels, offset=offset)
     if table is not None and not measurements:
         table = table[[c for c in ("id", "class_name") if c in table]]
-    compress = path.name.lower().endswith(".gz") if gzip is None else bool(gzip)
     total = int(labels.max()) if labels.size else 0
     features = _features(labels, table, object_type, offset, id_namespace)
-    with atomic_write(path) as tmp, open(tmp, "wb") as raw:
-        # no file name or time stamp in the gzip header: identical input, identical bytes
-        stream = raw
-        if compress:
-            stream = gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
-        with io.TextIOWrapper(stream, encoding="utf-8", newline="\n") as text:
-            text.write('{"type":"FeatureCollection","features":[')
-            sep = "\n"
-            for feature in tqdm(features, total=total, desc="GeoJSON", unit="objects", disable=not progress):
-                text.write(sep)
-                text.write(json.dumps(feature, allow_nan=False, separators=(",", ":"), ensure_ascii=False))
-                sep = ",\n"
-            text.write("\n]}\n")
-    return path
+    return write_features(path, features, total, gzip, progress)

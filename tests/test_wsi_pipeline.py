@@ -1,0 +1,102 @@
+"""Whole-slide pipeline: outputs, seams, resume (a fast test model reads maps from the pixels)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely.geometry
+import tifffile
+
+from pathosam.instances.tiled import AISParams
+from pathosam.io.omezarr import read_label_zarr
+from pathosam.wsi.pipeline import SlideOptions, segment_slide
+
+from .test_segment import MapsFromImage, disk_image
+
+
+def write_pyramid(path, image, mpp):
+    with tifffile.TiffWriter(path, ome=True) as w:
+        w.write(image, tile=(256, 256), subifds=1, photometric="rgb",
+                metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp})
+        w.write(image[::2, ::2], tile=(256, 256), subfiletype=1, photometric="rgb")
+
+
+def load_outputs(out, name):
+    labels = read_label_zarr(out / f"{name}.ome.zarr")
+    features = json.loads(gzip.open(out / f"{name}.geojson.gz").read())["features"]
+    table = pd.read_parquet(out / f"{name}.parquet")
+    manifest = json.loads((out / f"{name}.manifest.json").read_text())
+    return labels, features, table, manifest
+
+
+def test_synthetic_slide_no_seams_and_consistent_outputs(tmp_path):
+    image, truth = disk_image((700, 820), seed=3, n=150)
+    write_pyramid(tmp_path / "disks.ome.tif", image, 0.5)
+    opts = SlideOptions(target_mpp=None, tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True,
+                        ais=AISParams(min_size=5))
+    man = segment_slide(tmp_path / "disks.ome.tif", MapsFromImage(), tmp_path / "out", opts, progress=False)
+    labels, features, table, _ = load_outputs(tmp_path / "out", "disks")
+    assert labels.shape == truth.shape and man["nuclei"] == 150 == labels.max()
+    for k in range(1, 151):  # every disk exactly one nucleus, whatever tile borders it crosses
+        ids = np.unique(labels[truth == k])
+        assert len(ids[ids > 0]) == 1
+    assert len(features) == len(table) == 150
+    table = table.set_index("id")
+    for f in features:
+        row = table.loc[f["properties"]["measurements"]["Label id"]]
+        geom = shapely.geometry.shape(f["geometry"])
+        assert geom.is_valid and geom.area == pytest.approx(row["area"])
+        assert f["properties"]["classification"]["name"] == row["class_name"]
+    assert sorted(f["properties"]["measurements"]["Label id"] for f in features) == list(range(1, 151))
+    rows, cols = np.nonzero(labels)
+    ids = labels[rows, cols].astype(np.int64)
+    area = np.bincount(ids)[1:]
+    np.testing.assert_allclose(table["centroid_x"], np.bincount(ids, cols + 0.5)[1:] / area)
+    np.testing.assert_array_equal(table["area"], area)
+    # pyramid level 1 is the 2x nearest-neighbour downsample
+    np.testing.assert_array_equal(read_label_zarr(tmp_path / "out" / "disks.ome.zarr", 1), labels[::2, ::2])
+    assert not (tmp_path / "out" / "disks.work").exists()
+
+
+def test_resume_after_a_kill_gives_identical_output(tmp_path):
+    image, _ = disk_image((500, 600), seed=4, n=80)
+    write_pyramid(tmp_path / "s.ome.tif", image, 0.25)
+    opts = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True)
+    ref = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "a", opts, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False, stop_after=7)
+    assert len(list((tmp_path / "b" / "s.work" / "blocks").glob("*.npz"))) == 7
+    assert not (tmp_path / "b" / "s.manifest.json").exists()
+    res = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False)
+    assert res["work_grid"]["blocks_resumed"] == 7
+    assert res["work_grid"]["tiles_through_model"] < ref["work_grid"]["tiles_through_model"]
+    for name in ("s.geojson.gz", "s.parquet", "s.tissue.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    np.testing.assert_array_equal(read_label_zarr(tmp_path / "a" / "s.ome.zarr"),
+                                  read_label_zarr(tmp_path / "b" / "s.ome.zarr"))
+    # a finished slide is skipped
+    again = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False)
+    assert again.get("skipped") is True
+
+
+def test_real_slide_rescaled_with_tissue_mask(data_dir, tmp_path):
+    svs = data_dir / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip("CMU-1-Small-Region.svs not present")
+    opts = SlideOptions(target_mpp=0.499 * 1.5, roi=(0, 1200, 1200, 1500), tile_shape=(256, 256), halo=(64, 64),
+                        ais=AISParams(foreground_threshold=0.3))
+    man = segment_slide(svs, MapsFromImage(), tmp_path, opts, progress=False)
+    labels, features, table, manifest = load_outputs(tmp_path, "CMU-1-Small-Region")
+    assert labels.shape == (1000, 800) and manifest["work_grid"]["scale"] == pytest.approx(2 / 3)
+    assert 0 < man["work_grid"]["tiles_with_tissue"] < man["work_grid"]["tiles"]  # glass tiles skipped
+    assert len(features) == len(table) == labels.max() > 0
+    # coordinates are level-0 slide pixels inside the ROI
+    assert table["centroid_x"].between(0, 1200).all() and table["centroid_y"].between(1200, 2700).all()
+    for f in features[:50]:
+        assert shapely.geometry.shape(f["geometry"]).is_valid
+    with pytest.raises(ValueError, match="ROI"):
+        segment_slide(svs, MapsFromImage(), tmp_path / "x", SlideOptions(roi=(2000, 0, 500, 100)), progress=False)
