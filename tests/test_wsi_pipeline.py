@@ -100,3 +100,20 @@ def test_real_slide_rescaled_with_tissue_mask(data_dir, tmp_path):
         assert shapely.geometry.shape(f["geometry"]).is_valid
     with pytest.raises(ValueError, match="ROI"):
         segment_slide(svs, MapsFromImage(), tmp_path / "x", SlideOptions(roi=(2000, 0, 500, 100)), progress=False)
+
+
+def test_dask_two_workers_equal_single_process(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    image, _ = disk_image((520, 640), seed=5, n=90)
+    write_pyramid(tmp_path / "d.ome.tif", image, 0.25)
+    opts = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True)
+    segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "single", opts, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        man = segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "dask", opts, progress=False,
+                            client=client, rows_per_task=2)
+    assert man["work_grid"]["dask_tasks"] >= 2
+    for name in ("d.geojson.gz", "d.parquet"):
+        assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name
+    np.testing.assert_array_equal(read_label_zarr(tmp_path / "single" / "d.ome.zarr"),
+                                  read_label_zarr(tmp_path / "dask" / "d.ome.zarr"))

@@ -249,6 +249,9 @@ class TiledAIS:
     on_result : callable, optional
         Called with each new :class:`BlockResult` once its labels are in ``out`` (e.g. to save it
         for resuming).
+    blocks : iterable of int, optional
+        Post-process only these blocks (others are done elsewhere, e.g. by other workers);
+        default all.
     """
 
     def __init__(
@@ -259,6 +262,7 @@ class TiledAIS:
         params: AISParams = AISParams(),
         out=None,
         on_result=None,
+        blocks=None,
     ) -> None:
         self.on_result = on_result
         self.grid = _Grid((int(shape[0]), int(shape[1])), _pair(tile_shape), _pair(halo))
@@ -269,6 +273,7 @@ class TiledAIS:
         self._maps: dict[int, np.ndarray] = {}
         self._features: dict[int, np.ndarray | None] = {}
         self.results: dict[int, BlockResult] = {}  # labels are dropped once written to ``out``
+        self.mine = set(range(self.n_blocks)) if blocks is None else set(blocks)
         self.nuclei: Nuclei | None = None
 
     @property
@@ -286,13 +291,13 @@ class TiledAIS:
         (r0, c0), (r1, c1) = self.grid.tiles[index].inner
         if inner_maps.shape[1:] != (r1 - r0, c1 - c0) or inner_maps.shape[0] < 3:
             raise ValueError(f"maps of block {index} have shape {inner_maps.shape}, expected (3, {r1 - r0}, {c1 - c0})")
-        if all(b in self.results for b in self.grid.neighbours(index)):
+        if all(self._settled(b) for b in self.grid.neighbours(index)):
             return []  # every block that needs these maps is done already (resumed run)
         self._maps[index] = np.asarray(inner_maps[:3], dtype=np.float32)
         self._features[index] = features
         # a neighbour's maps are kept until all blocks around it are done, so presence suffices
         ready = [b for b in self.grid.neighbours(index)
-                 if b not in self.results and all(n in self._maps for n in self.grid.neighbours(b))]
+                 if not self._settled(b) and all(n in self._maps for n in self.grid.neighbours(b))]
         for b in ready:
             self.process(b, self._assemble(b), self._features.pop(b))
         return ready
@@ -326,8 +331,16 @@ class TiledAIS:
         result.labels = None  # held in ``out`` now
         self.results[result.index] = result
         for n in self.grid.neighbours(result.index):
-            if all(m in self.results for m in self.grid.neighbours(n)):
+            if all(self._settled(m) for m in self.grid.neighbours(n)):
                 self._maps.pop(n, None)
+
+    def _settled(self, index: int) -> bool:
+        """Done here, or not this job's to do."""
+        return index in self.results or index not in self.mine
+
+    def needed_tiles(self) -> list[int]:
+        """Tiles whose maps the unfinished blocks of this job need, in raster order."""
+        return sorted({n for b in self.mine if b not in self.results for n in self.grid.neighbours(b)})
 
     # ------------------------------------------------------------------ result
     def finish(self, target=None) -> int:

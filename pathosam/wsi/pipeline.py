@@ -138,22 +138,181 @@ def _load_blocks(folder: Path) -> list[BlockResult]:
     return out
 
 
+@dataclass
+class _Plan:
+    """Everything a process needs to work on a slide's blocks (picklable; reopens the slide)."""
+
+    path: Path
+    out_dir: Path
+    name: str
+    options: SlideOptions
+    geom: Geometry
+    has_tissue: list[bool]
+
+    @property
+    def work(self) -> Path:
+        return self.out_dir / f"{self.name}.work"
+
+    def job(self, blocks=None, on_result=None) -> TiledAIS:
+        import zarr
+
+        ts, halo = self.options.tile_shape, self.options.halo
+        pp_halo = (min(max(halo[0], 32), ts[0]), min(max(halo[1], 32), ts[1]))
+        labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
+        return TiledAIS(self.geom.shape, ts, pp_halo, self.options.ais, out=labels, on_result=on_result, blocks=blocks)
+
+
+def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
+    """Tissue mask, work grid and the work folder (kept if it belongs to the same run)."""
+    import zarr
+
+    geom = Geometry.for_slide(slide, options)
+    tiles = tile_grid(geom.shape, options.tile_shape, options.halo)
+    thumb, thumb_ds = slide.thumbnail(2048)
+    mask = tissue_mask(thumb) if options.tissue else np.ones(thumb.shape[:2], bool)
+
+    def level0_block(block):
+        (r0, c0), (r1, c1) = block
+        x, y = geom.to_level0(np.array([r0, r1]), np.array([c0, c1]))
+        return (int(y[0]), int(x[0])), (int(np.ceil(y[1])), int(np.ceil(x[1])))
+
+    has_tissue = [tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles]
+    plan = _Plan(Path(slide.path), out_dir, name, options, geom, has_tissue)
+    work = plan.work
+    if work.exists():
+        old = json.loads((work / "job.json").read_text()) if (work / "job.json").is_file() else None
+        if old != sig:
+            shutil.rmtree(work)
+    if not work.exists():
+        (work / "blocks").mkdir(parents=True)
+        zarr.open_array(str(work / "labels.zarr"), mode="w", shape=geom.shape, chunks=options.tile_shape,
+                        dtype="uint32", fill_value=0)
+        (work / "job.json").write_text(json.dumps(sig))
+    return plan, mask, thumb_ds
+
+
+def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, progress: bool = False,
+                stop_after: int | None = None) -> dict:
+    """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
+    the work folder; computes the maps of the tiles around them (model only on tissue tiles)."""
+    from tqdm.auto import tqdm
+
+    from ..image import prepare_input, to_rgb_uint8
+    from ..semantic import N_CLASS_FEATURES, class_features
+
+    options, geom = plan.options, plan.geom
+    own_slide = slide is None
+    slide = open_slide(plan.path) if own_slide else slide
+    blocks_dir = plan.work / "blocks"
+    new_blocks = [0]
+
+    def on_result(result: BlockResult) -> None:
+        _save_block(blocks_dir, result)
+        new_blocks[0] += 1
+        if stop_after is not None and new_blocks[0] >= stop_after:
+            raise KeyboardInterrupt(f"stopped after {stop_after} blocks (test hook)")
+
+    job = plan.job(blocks, on_result)
+    for r in _load_blocks(blocks_dir):
+        if r.index in job.mine:
+            job.put(r, labels_written=True)
+    resumed = len(job.results)
+    tiles = job.grid.tiles
+    needed = job.needed_tiles()
+    n_model = sum(plan.has_tissue[i] for i in needed)
+    t_model = t_read = 0.0
+    bar = tqdm(total=len(needed), desc=f"{plan.name}: tiles", unit="tile", disable=not progress)
+    pending: list = []
+
+    def flush() -> None:
+        nonlocal t_model
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        tensors, in_sizes, origs = zip(*(p[1] for p in pending))
+        feats = model.encode(list(tensors))
+        inst = model.decode(feats, in_sizes, origs, "instance")
+        sem = model.decode(feats, in_sizes, origs, "semantic") if options.classes else [None] * len(pending)
+        t_model += time.perf_counter() - t0
+        for (tile, _), m, s in zip(pending, inst, sem):
+            il = (slice(None), *tile_slices(tile.inner_local))
+            job.add(tile.index, m[il], None if s is None else class_features(s[il]))
+        bar.update(len(pending))
+        pending.clear()
+
+    try:
+        for i in needed:
+            tile = tiles[i]
+            if plan.has_tissue[i]:
+                t0 = time.perf_counter()
+                rgb = geom.read(slide, tile.outer)
+                pending.append((tile, prepare_input(to_rgb_uint8(rgb, options.normalization))))
+                t_read += time.perf_counter() - t0
+                if len(pending) >= options.batch_size:
+                    flush()
+            else:
+                flush()  # keep raster order: earlier tissue tiles first
+                (r0, c0), (r1, c1) = tile.inner
+                background = np.ones((3, r1 - r0, c1 - c0), np.float32)
+                background[0] = 0  # no foreground; distances 1 (background value)
+                feats = None
+                if options.classes:
+                    feats = np.zeros((N_CLASS_FEATURES, r1 - r0, c1 - c0), np.float32)
+                    feats[0] = 1  # background class: no votes, no shares
+                job.add(i, background, feats)
+                bar.update(1)
+        flush()
+    finally:
+        bar.close()
+        if own_slide:
+            slide.close()
+    return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
+            "read": t_read, "model": t_model}
+
+
+def _run_distributed(plan: _Plan, model, client, rows_per_task: int | None, progress: bool) -> dict:
+    """Spread the unfinished blocks over a Dask cluster in bands of block rows; each task runs
+    :func:`_run_blocks` in a worker (recomputing one tile row above and below its band)."""
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    done = {r.index for r in _load_blocks(plan.work / "blocks")}
+    grid = plan.job().grid
+    todo = [b for b in range(len(grid.tiles)) if b not in done]
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    rows = sorted({b // grid.n_cols for b in todo})
+    per = rows_per_task or max(2, -(-len(rows) // (2 * n_workers)))
+    bands = [[b for b in todo if rows[k] <= b // grid.n_cols <= rows[min(k + per, len(rows)) - 1]]
+             for k in range(0, len(rows), per)]
+    model_future = client.scatter(model, broadcast=True)
+    futures = [client.submit(_run_blocks, plan, model_future, band, pure=False) for band in bands]
+    totals = {"blocks_resumed": len(done), "tiles": 0, "tiles_through_model": 0, "read": 0.0, "model": 0.0,
+              "tasks": len(bands)}
+    with tqdm(total=len(todo), desc=f"{plan.name}: blocks", unit="block", disable=not progress) as bar:
+        for fut, band in zip(as_completed(futures), bands):
+            stats = fut.result()
+            for k in ("tiles", "tiles_through_model", "read", "model"):
+                totals[k] += stats[k]
+            bar.update(len(band))
+    return totals
+
+
 def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, options: SlideOptions | None = None,
-                  name: str | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+                  name: str | None = None, progress: bool = True, stop_after: int | None = None,
+                  client=None, rows_per_task: int | None = None) -> dict:
     """Segment the nuclei of a whole slide; returns the run manifest (also written as JSON).
 
     Outputs in ``out_dir``: ``NAME.ome.zarr`` (uint32 labels at model resolution, pyramid),
     ``NAME.geojson.gz`` (QuPath detections in level-0 pixels), ``NAME.parquet`` (one row per
     nucleus), ``NAME.tissue.png`` (the tissue mask), ``NAME.manifest.json`` (written last).
-    ``stop_after``: stop (raise KeyboardInterrupt) after this many new blocks - a test hook that
-    simulates a killed run.
+    ``client``: a ``dask.distributed.Client`` to spread the blocks over its workers (they must
+    see ``out_dir``); results are identical to a single-process run. ``stop_after``: stop (raise
+    KeyboardInterrupt) after this many new blocks - a test hook that simulates a killed run.
     """
-    from tqdm.auto import tqdm
-
     from ..automatic import image_name
-    from ..image import prepare_input, to_rgb_uint8
+    from ..io.atomic import atomic_write
     from ..io.omezarr import build_pyramid, create_label_zarr
-    from ..semantic import class_features
+    from ..io.table import write_table
 
     options = options or SlideOptions()
     out_dir = Path(out_dir)
@@ -170,123 +329,38 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
                 return done
         if options.classes and model.semantic_decoder is None:
             raise ValueError(f"model {model.name!r} has no semantic decoder; classes need one")
-        geom = Geometry.for_slide(slide, options)
-        ts, halo = options.tile_shape, options.halo
-        tiles = tile_grid(geom.shape, ts, halo)
+        plan, mask, thumb_ds = _prepare(slide, model, out_dir, options, name, sig)
+        if client is None:
+            stats = _run_blocks(plan, model, None, slide, progress, stop_after)
+        else:
+            stats = _run_distributed(plan, model, client, rows_per_task, progress)
 
-        # tissue mask on a thumbnail of the whole slide
-        thumb, thumb_ds = slide.thumbnail(2048)
-        mask = tissue_mask(thumb) if options.tissue else np.ones(thumb.shape[:2], bool)
-
-        def level0_block(block):
-            (r0, c0), (r1, c1) = block
-            x0, y0 = geom.to_level0(np.array([r0, r1]), np.array([c0, c1]))
-            return (int(y0[0]), int(x0[0])), (int(np.ceil(y0[1])), int(np.ceil(x0[1])))
-
-        has_tissue = [tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles]
-
-        # work state (resume)
-        work = out_dir / f"{name}.work"
-        if work.exists():
-            old = json.loads((work / "job.json").read_text()) if (work / "job.json").is_file() else None
-            if old != sig:
-                shutil.rmtree(work)
-        blocks_dir = work / "blocks"
-        fresh = not work.exists()
-        import zarr
-
-        if fresh:
-            blocks_dir.mkdir(parents=True)
-            zarr.open_array(str(work / "labels.zarr"), mode="w", shape=geom.shape, chunks=ts, dtype="uint32",
-                            fill_value=0)
-            (work / "job.json").write_text(json.dumps(sig))
-        labels = zarr.open_array(str(work / "labels.zarr"), mode="r+")
-        pp_halo = (min(max(halo[0], 32), ts[0]), min(max(halo[1], 32), ts[1]))
-        new_blocks = [0]
-
-        def on_result(result: BlockResult) -> None:
-            _save_block(blocks_dir, result)
-            new_blocks[0] += 1
-            if stop_after is not None and new_blocks[0] >= stop_after:
-                raise KeyboardInterrupt(f"stopped after {stop_after} blocks (test hook)")
-
-        job = TiledAIS(geom.shape, ts, pp_halo, options.ais, out=labels, on_result=on_result)
-        for r in _load_blocks(blocks_dir):
-            job.put(r, labels_written=True)
-        resumed = len(job.results)
-        todo = [i for i in range(job.n_blocks) if i not in job.results]
-        needed = sorted({n for b in todo for n in job.grid.neighbours(b)})
-        n_model = sum(has_tissue[i] for i in needed)
-        background = None
-        t_model = t_read = 0.0
-        bar = tqdm(total=len(needed), desc=f"{name}: tiles", unit="tile", disable=not progress)
-        pending: list = []
-
-        def flush() -> None:
-            nonlocal t_model
-            if not pending:
-                return
-            t0 = time.perf_counter()
-            tensors, in_sizes, origs = zip(*(p[1] for p in pending))
-            feats = model.encode(list(tensors))
-            inst = model.decode(feats, in_sizes, origs, "instance")
-            sem = model.decode(feats, in_sizes, origs, "semantic") if options.classes else [None] * len(pending)
-            t_model += time.perf_counter() - t0
-            for (tile, _), m, s in zip(pending, inst, sem):
-                il = (slice(None), *tile_slices(tile.inner_local))
-                job.add(tile.index, m[il], None if s is None else class_features(s[il]))
-            bar.update(len(pending))
-            pending.clear()
-
-        for i in needed:
-            tile = tiles[i]
-            if has_tissue[i]:
-                t0 = time.perf_counter()
-                rgb = geom.read(slide, tile.outer)
-                pending.append((tile, prepare_input(to_rgb_uint8(rgb, options.normalization))))
-                t_read += time.perf_counter() - t0
-                if len(pending) >= options.batch_size:
-                    flush()
-            else:
-                flush()  # keep raster order: earlier tissue tiles first
-                (r0, c0), (r1, c1) = tile.inner
-                if background is None or background.shape[1:] != (r1 - r0, c1 - c0):
-                    background = np.ones((3, r1 - r0, c1 - c0), np.float32)
-                    background[0] = 0
-                feats = None
-                if options.classes:
-                    feats = np.zeros((11, r1 - r0, c1 - c0), np.float32)
-                    feats[0] = 1  # background class, no votes, no shares
-                job.add(i, background, feats)
-                bar.update(1)
-        flush()
-        bar.close()
-
-        # merge and write the outputs (under temporary names; the work folder stays until the end)
+        # merge all saved blocks and write the outputs under temporary names
         t_post0 = time.perf_counter()
-        from ..io.atomic import atomic_write
-
+        job = plan.job()
+        for r in _load_blocks(plan.work / "blocks"):
+            job.put(r, labels_written=True)
+        geom = plan.geom
         zarr_path = out_dir / f"{name}.ome.zarr"
         with atomic_write(zarr_path) as tmp:
-            _, arrays = create_label_zarr(tmp, geom.shape, ts, options.target_mpp or options.mpp or slide.mpp)
+            _, arrays = create_label_zarr(tmp, geom.shape, options.tile_shape,
+                                          options.target_mpp or options.mpp or slide.mpp)
             n = job.finish(target=arrays[0])
             build_pyramid(arrays)
-            nuclei = job.nuclei
-            table = _table(nuclei, geom, job, options)
-            _write_geojson(out_dir / f"{name}.geojson.gz", arrays[0], nuclei, table, geom, job, name, progress)
-        from ..io.table import write_table
-
+            table = _table(job.nuclei, geom, job, options)
+            _write_geojson(out_dir / f"{name}.geojson.gz", arrays[0], job.nuclei, table, geom, name, progress)
         write_table(table, parquet_path=out_dir / f"{name}.parquet")
         from PIL import Image
 
         with atomic_write(out_dir / f"{name}.tissue.png") as tmp:
             Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
-        manifest = _manifest(sig, slide, model, options, geom, tiles, has_tissue, n, resumed, n_model,
-                             {"read": t_read, "model": t_model, "postprocessing_and_outputs": time.perf_counter() - t_post0,
-                              "total": time.perf_counter() - t_start}, thumb_ds, mask)
+        seconds = {"read": stats["read"], "model": stats["model"],
+                   "postprocessing_and_outputs": time.perf_counter() - t_post0,
+                   "total": time.perf_counter() - t_start}
+        manifest = _manifest(sig, slide, model, options, plan, stats, n, seconds, thumb_ds, mask)
         with atomic_write(manifest_path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1))
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(plan.work, ignore_errors=True)
         return manifest
 
 
@@ -320,8 +394,7 @@ def _table(nuclei, geom: Geometry, job: TiledAIS, options: SlideOptions):
     return df
 
 
-def _write_geojson(path: Path, labels, nuclei, table, geom: Geometry, job: TiledAIS, name: str,
-                   progress: bool) -> None:
+def _write_geojson(path: Path, labels, nuclei, table, geom: Geometry, name: str, progress: bool) -> None:
     """Stream one Feature per nucleus, block by block: each nucleus is traced once, by the block
     that holds its anchor, from its bounding box in the final label array."""
     from ..io.geojson import make_feature, write_features
@@ -364,7 +437,8 @@ def _write_geojson(path: Path, labels, nuclei, table, geom: Geometry, job: Tiled
     write_features(path, features(), total=len(nuclei), progress=progress)
 
 
-def _manifest(sig, slide, model, options, geom, tiles, has_tissue, n, resumed, n_model, seconds, thumb_ds, mask):
+def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seconds: dict, thumb_ds: float,
+              mask: np.ndarray) -> dict:
     import platform
 
     import torch
@@ -377,9 +451,10 @@ def _manifest(sig, slide, model, options, geom, tiles, has_tissue, n, resumed, n
         "slide": {"path": str(slide.path), "shape": list(slide.shape), "mpp": slide.mpp, "backend": slide.backend,
                   "levels": [list(s) for s in slide.level_shapes]},
         "model": {"name": model.name, "id": model.model_id, "device": str(model.device)},
-        "work_grid": {"shape": list(geom.shape), "scale": geom.scale, "roi_xywh": list(geom.roi),
-                      "tiles": len(tiles), "tiles_with_tissue": int(sum(has_tissue)),
-                      "tiles_through_model": n_model, "blocks_resumed": resumed},
+        "work_grid": {"shape": list(plan.geom.shape), "scale": plan.geom.scale, "roi_xywh": list(plan.geom.roi),
+                      "tiles": len(plan.has_tissue), "tiles_with_tissue": int(sum(plan.has_tissue)),
+                      "tiles_computed": stats["tiles"], "tiles_through_model": stats["tiles_through_model"],
+                      "blocks_resumed": stats["blocks_resumed"], "dask_tasks": stats.get("tasks", 0)},
         "tissue_fraction": float(mask.mean()), "tissue_mask_downsample": thumb_ds,
         "nuclei": n, "seconds": seconds,
     }
