@@ -293,7 +293,7 @@ class TiledAIS:
             raise ValueError(f"maps of block {index} have shape {inner_maps.shape}, expected (3, {r1 - r0}, {c1 - c0})")
         if all(self._settled(b) for b in self.grid.neighbours(index)):
             return []  # every block that needs these maps is done already (resumed run)
-        self._maps[index] = np.asarray(inner_maps[:3], dtype=np.float32)
+        self._maps[index] = np.array(inner_maps[:3], dtype=np.float32)  # a compact copy, not a view
         self._features[index] = features
         # a neighbour's maps are kept until all blocks around it are done, so presence suffices
         ready = [b for b in self.grid.neighbours(index)

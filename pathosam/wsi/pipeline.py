@@ -38,6 +38,10 @@ from .tissue import tile_has_tissue, tissue_mask
 #: Pixel size (um/px) PathoSAM sees by default: 40x scans (its training data are mostly 40x).
 DEFAULT_TARGET_MPP = 0.25
 MANIFEST_FORMAT = "pathosam-slide-1"
+#: Blocks are processed in bands of this many tile columns, so the tile maps held at once
+#: (about two rows of a band) do not grow with the slide's width; the tile columns on each
+#: side of a band are computed again for the next band (2 / 32 = 6 % extra model work).
+BAND_COLUMNS = 32
 
 
 @dataclass
@@ -191,12 +195,10 @@ def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: st
     return plan, mask, thumb_ds
 
 
-def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, progress: bool = False,
+def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, bar=None,
                 stop_after: int | None = None) -> dict:
     """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
     the work folder; computes the maps of the tiles around them (model only on tissue tiles)."""
-    from tqdm.auto import tqdm
-
     from ..image import prepare_input, to_rgb_uint8
     from ..semantic import N_CLASS_FEATURES, class_features
 
@@ -221,7 +223,6 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     needed = job.needed_tiles()
     n_model = sum(plan.has_tissue[i] for i in needed)
     t_model = t_read = 0.0
-    bar = tqdm(total=len(needed), desc=f"{plan.name}: tiles", unit="tile", disable=not progress)
     pending: list = []
 
     def flush() -> None:
@@ -237,7 +238,8 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
         for (tile, _), m, s in zip(pending, inst, sem):
             il = (slice(None), *tile_slices(tile.inner_local))
             job.add(tile.index, m[il], None if s is None else class_features(s[il]))
-        bar.update(len(pending))
+        if bar is not None:
+            bar.update(len(pending))
         pending.clear()
 
     try:
@@ -260,14 +262,29 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
                     feats = np.zeros((N_CLASS_FEATURES, r1 - r0, c1 - c0), np.float32)
                     feats[0] = 1  # background class: no votes, no shares
                 job.add(i, background, feats)
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
         flush()
     finally:
-        bar.close()
         if own_slide:
             slide.close()
     return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
-            "read": t_read, "model": t_model}
+            "read": t_read, "model": t_model, "new_blocks": new_blocks[0]}
+
+
+def _column_bands(plan: _Plan, width: int | None = None) -> list[list[int]]:
+    """The unfinished blocks in bands of ``width`` (default :data:`BAND_COLUMNS`) block columns
+    (all rows), left to right."""
+    width = width or BAND_COLUMNS
+    done = {r.index for r in _load_blocks(plan.work / "blocks")}
+    grid = plan.job().grid
+    bands = []
+    for j0 in range(0, grid.n_cols, width):
+        band = [i * grid.n_cols + j for i in range(grid.n_rows) for j in range(j0, min(j0 + width, grid.n_cols))]
+        band = [b for b in band if b not in done]
+        if band:
+            bands.append(band)
+    return bands
 
 
 def _run_distributed(plan: _Plan, model, client, rows_per_task: int | None, progress: bool) -> dict:
@@ -331,7 +348,18 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
             raise ValueError(f"model {model.name!r} has no semantic decoder; classes need one")
         plan, mask, thumb_ds = _prepare(slide, model, out_dir, options, name, sig)
         if client is None:
-            stats = _run_blocks(plan, model, None, slide, progress, stop_after)
+            from tqdm.auto import tqdm
+
+            bands = _column_bands(plan)
+            total = sum(len(plan.job(band).needed_tiles()) for band in bands)
+            stats = {"blocks_resumed": plan.job().n_blocks - sum(map(len, bands)), "tiles": 0,
+                     "tiles_through_model": 0, "read": 0.0, "model": 0.0}
+            with tqdm(total=total, desc=f"{name}: tiles", unit="tile", disable=not progress) as bar:
+                for band in bands:
+                    left = None if stop_after is None else stop_after - stats.get("new_blocks", 0)
+                    st = _run_blocks(plan, model, band, slide, bar, left)
+                    for k in ("tiles", "tiles_through_model", "read", "model", "new_blocks"):
+                        stats[k] = stats.get(k, 0) + st[k]
         else:
             stats = _run_distributed(plan, model, client, rows_per_task, progress)
 

@@ -58,17 +58,24 @@ class Slide:
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """RGB uint8 thumbnail with its longest side <= ``max_side``; returns (image, downsample),
-        downsample = level-0 pixels per thumbnail pixel (same in x and y)."""
+        downsample = level-0 pixels per thumbnail pixel (same in x and y). Read from the
+        coarsest level that is at most 2x coarser than needed, in strips (memory: one strip)."""
         from PIL import Image
 
         downsample = max(self.shape) / max_side if max(self.shape) > max_side else 1.0
-        level = self.best_level(downsample)
+        level = self.best_level(downsample * 2)
         lh, lw = self.level_shapes[level]
-        region = self.read(0, 0, lh, lw, level)
-        out = (max(1, round(self.shape[0] / downsample)), max(1, round(self.shape[1] / downsample)))
-        if region.shape[:2] != out:
-            region = np.asarray(Image.fromarray(region).resize((out[1], out[0]), Image.BILINEAR))
-        return region, self.shape[1] / out[1]
+        oh, ow = max(1, round(self.shape[0] / downsample)), max(1, round(self.shape[1] / downsample))
+        out = np.empty((oh, ow, 3), np.uint8)
+        fy = lh / oh  # level rows per thumbnail row
+        step = max(1, int(4096 * 1024 // max(lw, 1) / max(fy, 1)))  # thumbnail rows per strip (~4 M level px)
+        for t0 in range(0, oh, step):
+            t1 = min(t0 + step, oh)
+            a0, a1 = int(np.floor(t0 * fy)), min(lh, int(np.ceil(t1 * fy)))
+            strip = self.read(a0, 0, a1 - a0, lw, level)
+            im = Image.fromarray(strip).resize((ow, t1 - t0), Image.BILINEAR, box=(0, t0 * fy - a0, lw, t1 * fy - a0))
+            out[t0:t1] = np.asarray(im)
+        return out, self.shape[1] / ow
 
     def close(self) -> None:  # pragma: no cover - trivial
         pass
