@@ -1,0 +1,687 @@
+"""Interactive segmentation from points, boxes and masks, on untiled and tiled embeddings.
+
+Coordinates: prompts are SAM's, in pixels of the **full image** the embeddings were made of:
+points ``(x, y)``, boxes ``(x0, y0, x1, y1)``; arrays (masks, images) are indexed ``[row, col]``.
+
+:func:`segment_prompt` reproduces micro-sam's ``prompt_based_segmentation`` (v1.8.14):
+
+* a single positive point and nothing else predicts SAM's three masks and keeps the one with the
+  highest predicted IoU (``segment_from_points``), unless ``multimask`` says otherwise;
+* a binary ``mask`` prompt becomes a box (its bounding box, exclusive max) and low-res logits
+  (``segment_from_mask``: mask resized to 256 on its long side, ``> 0.5``, zero padded to
+  256 x 256, ``logit(1 - 1e-3)`` inside, ``logit(1e-3)`` outside);
+* on tiled embeddings a prompt goes to the single tile whose inner block contains the (rounded)
+  mask centroid / box centre / mean point, is shifted into that tile's outer block (points
+  outside it are dropped with a warning, the box is clipped), predicted there and pasted into a
+  full-size zero mask.
+
+:class:`InteractiveSession` keeps one image's embeddings and accumulates prompts (with undo),
+so every further click costs only the prompt encoder and mask decoder. :class:`EmbeddingCache`
+is a small thread-safe LRU of embeddings keyed by image content, model and tiling.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Hashable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike
+
+from .image import preprocess_shape
+from .tiling import Block, Tile, tile_slices
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .embeddings import ImageEmbeddings
+    from .image import Normalization
+    from .model import PathoSAM
+
+__all__ = [
+    "EmbeddingCache",
+    "InteractiveSession",
+    "PromptResult",
+    "box_from_mask",
+    "logits_from_mask",
+    "segment_prompt",
+    "select_tile",
+]
+
+LOW_RES = 256
+MASK_EPS = 1e-3
+
+
+# ---------------------------------------------------------------------------- mask prompt helpers
+def box_from_mask(mask: np.ndarray, box_extension: float = 0.0) -> np.ndarray:
+    """Bounding box of a binary mask as SAM's ``(x0, y0, x1, y1)``, max exclusive (int64).
+
+    As micro-sam's ``_compute_box_from_mask``: ``box_extension`` >= 1 enlarges each side by that
+    many pixels, 0 < ``box_extension`` < 1 by that fraction of the box's height/width; the box is
+    clipped to the mask's shape (H, W) and rounded (half to even).
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        (H, W) array, indexed [row, col]; non-zero = object. Must not be empty.
+    box_extension : float
+        Enlargement, see above.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        raise ValueError("the mask is empty: no box can be derived from it")
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    if box_extension == 0:
+        ey = ex = 0.0
+    elif box_extension >= 1:
+        ey = ex = float(box_extension)
+    else:
+        ey, ex = box_extension * (y1 - y0), box_extension * (x1 - x0)
+    H, W = mask.shape
+    box = np.array([max(x0 - ex, 0), max(y0 - ey, 0), min(x1 + ex, W), min(y1 + ey, H)], dtype=np.float64)
+    return np.round(box).astype(np.int64)
+
+
+def logits_from_mask(mask: np.ndarray, eps: float = MASK_EPS) -> np.ndarray:
+    """SAM mask prompt (1, 256, 256) float32 from a binary (H, W) mask, as micro-sam.
+
+    Non-zero pixels are the object. The mask is resized so that its long side is 256 (bilinear with antialiasing, SAM's
+    ``ResizeLongestSide.apply_image_torch``), thresholded at 0.5, zero padded bottom/right to
+    256 x 256 (the padding is background) and mapped to ``logit(1 - eps)`` inside and
+    ``logit(eps)`` outside. The mask must be in the pixels of the image (or tile) the embedding
+    was computed from: the low-res grid is aligned with SAM's padded model input.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape[0] == 0 or mask.shape[1] == 0:
+        raise ValueError(f"mask must be a non-empty 2-D (H, W) array, got shape {mask.shape}")
+    binary = (mask != 0).astype(np.float32)
+    if binary.shape != (LOW_RES, LOW_RES):
+        size = preprocess_shape(binary.shape[0], binary.shape[1], LOW_RES)
+        t = F.interpolate(torch.from_numpy(binary)[None, None], size, mode="bilinear", align_corners=False,
+                          antialias=True)
+        small = t[0, 0].numpy()
+        binary = np.zeros((LOW_RES, LOW_RES), dtype=np.float32)
+        binary[: small.shape[0], : small.shape[1]] = small
+    inside = np.log((1 - eps) / (1 - (1 - eps)))  # float64, then rounded once to float32
+    outside = np.log(eps / (1 - eps))
+    return np.where(binary > 0.5, inside, outside).astype(np.float32)[None]
+
+
+# ---------------------------------------------------------------------------- tiles
+def _tile_at(emb: ImageEmbeddings, row: int, col: int) -> Tile:
+    """The tile whose inner block holds pixel (row, col) (clipped into the image)."""
+    H, W = emb.image_shape
+    row = min(max(int(row), 0), H - 1)
+    col = min(max(int(col), 0), W - 1)
+    th, tw = emb.tile_shape
+    n_cols = -(-W // tw)
+    tile = emb.tiles[(row // th) * n_cols + col // tw]
+    (r0, c0), (r1, c1) = tile.inner
+    assert r0 <= row < r1 and c0 <= col < c1, "tile grid is not row-major from (0, 0)"
+    return tile
+
+
+def _centre_rc(points_xy: np.ndarray | None, box_xyxy: np.ndarray | None, mask: np.ndarray | None):
+    """Rounded (row, col) anchors of each prompt kind (None where absent), as the reference."""
+    out = {}
+    if mask is not None:
+        rows, cols = np.nonzero(mask)
+        out["mask"] = np.round([rows.mean(), cols.mean()]).astype(int)
+    if box_xyxy is not None:
+        x0, y0, x1, y1 = box_xyxy
+        out["box"] = np.round([(y0 + y1) / 2, (x0 + x1) / 2]).astype(int)
+    if points_xy is not None and len(points_xy):
+        out["points"] = np.round(points_xy.mean(axis=0)[::-1]).astype(int)
+    return out
+
+
+def select_tile(
+    emb: ImageEmbeddings,
+    points: ArrayLike | None = None,
+    box: ArrayLike | None = None,
+    mask: np.ndarray | None = None,
+) -> int | None:
+    """Index of the tile a prompt is sent to (None for untiled embeddings).
+
+    The anchor is the rounded (half to even) centroid of ``mask``, else the centre of ``box``,
+    else the mean of ``points``; the tile is the one whose inner block contains the anchor.
+
+    Parameters
+    ----------
+    emb : ImageEmbeddings
+        Tiled or untiled embeddings of the full image.
+    points : array-like, optional
+        (N, 2) points ``(x, y)`` in full-image pixels.
+    box : array-like, optional
+        ``(x0, y0, x1, y1)`` in full-image pixels.
+    mask : np.ndarray, optional
+        (H, W) binary mask of the full image, indexed [row, col].
+    """
+    if emb.tiles is None:
+        return None
+    pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
+    m = None if mask is None else np.asarray(mask).astype(bool, copy=False)
+    anchors = _centre_rc(pts, bx, m)
+    for kind in ("mask", "box", "points"):
+        if kind in anchors:
+            return _tile_at(emb, *anchors[kind]).index
+    raise ValueError("no prompt to select a tile from: give points, a box or a mask")
+
+
+# ---------------------------------------------------------------------------- result
+@dataclass
+class PromptResult:
+    """Output of :func:`segment_prompt`.
+
+    Attributes
+    ----------
+    masks : np.ndarray
+        (C, H, W) bool masks of the full image, indexed [row, col]; C = 3 for multimask output,
+        else 1 (also when the best of 3 was kept automatically).
+    ious : np.ndarray
+        (C,) float32 predicted IoU of each mask.
+    logits : np.ndarray
+        (C, 256, 256) float32 low-res logits in the model space of the tile (or image) that was
+        used; feed ``result.mask_input`` back with ``tile=result.tile``.
+    tile : int or None
+        Index of the tile the prompt went to (None for untiled embeddings).
+    block : Block
+        ((r0, c0), (r1, c1)) region of the full image the masks were predicted in (the tile's
+        outer block; the whole image when untiled). Pixels outside it are False.
+    best_index : int or None
+        Which of SAM's three outputs was kept when the single-point rule applied.
+    """
+
+    masks: np.ndarray
+    ious: np.ndarray
+    logits: np.ndarray
+    tile: int | None
+    block: Block
+    best_index: int | None = None
+
+    @property
+    def best(self) -> int:
+        """Index (into ``masks``) of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.ious))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool: the mask with the highest predicted IoU."""
+        return self.masks[self.best]
+
+    @property
+    def iou(self) -> float:
+        return float(self.ious[self.best])
+
+    @property
+    def mask_input(self) -> np.ndarray:
+        """(1, 256, 256) logits of the best mask, to pass as ``mask_input`` (with ``tile``)."""
+        return self.logits[self.best][None]
+
+
+# ---------------------------------------------------------------------------- prompting
+def _as_points(points: ArrayLike | None, point_labels: ArrayLike | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if points is None:
+        if point_labels is not None:
+            raise ValueError("point_labels given without points")
+        return None, None
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        return None, None
+    pts = pts.reshape(-1, 2)
+    labels = np.ones(len(pts), dtype=np.int64) if point_labels is None else np.asarray(point_labels).reshape(-1)
+    if len(labels) != len(pts):
+        raise ValueError(f"{len(pts)} points but {len(labels)} point_labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"point_labels must be 1 (object) or 0 (background), got {np.unique(labels).tolist()}")
+    if not np.isfinite(pts).all():
+        raise ValueError("points contain NaN or infinite coordinates")
+    return pts, labels.astype(np.int64)
+
+
+def _as_mask_input(mask_input: ArrayLike | None) -> np.ndarray | None:
+    if mask_input is None:
+        return None
+    m = np.asarray(mask_input, dtype=np.float32)
+    if m.size != LOW_RES * LOW_RES:
+        raise ValueError(f"mask_input must be (1, 256, 256) low-res logits, got shape {m.shape}")
+    return m.reshape(1, LOW_RES, LOW_RES)
+
+
+def segment_prompt(
+    model: PathoSAM,
+    emb: ImageEmbeddings,
+    points: ArrayLike | None = None,
+    point_labels: ArrayLike | None = None,
+    box: ArrayLike | None = None,
+    mask: np.ndarray | None = None,
+    mask_input: np.ndarray | None = None,
+    multimask: bool | None = None,
+    *,
+    use_box: bool = True,
+    use_mask: bool = True,
+    box_extension: float = 0.0,
+    tile: int | None = None,
+) -> PromptResult:
+    """Segment one object from prompts in full-image coordinates (untiled or tiled embeddings).
+
+    Parameters
+    ----------
+    model : PathoSAM
+        The model whose ``predict`` runs the prompt encoder and mask decoder.
+    emb : ImageEmbeddings
+        Embeddings of the image (``model.embed``), untiled or tiled.
+    points : array-like, optional
+        (N, 2) points ``(x, y)`` in pixels of the full image (float allowed).
+    point_labels : array-like, optional
+        (N,) 1 = object, 0 = background; all 1 when omitted.
+    box : array-like, optional
+        ``(x0, y0, x1, y1)`` in pixels of the full image (passed to SAM as given, not rounded).
+    mask : np.ndarray, optional
+        (H, W) binary mask of the full image, indexed [row, col] (micro-sam's
+        ``segment_from_mask``): with ``use_box`` its bounding box (exclusive max, grown by
+        ``box_extension``) becomes the box prompt unless ``box`` is given, with ``use_mask``
+        it becomes the low-res mask prompt (:func:`logits_from_mask`).
+    mask_input : np.ndarray, optional
+        (1, 256, 256) low-res logits of a previous result (``result.mask_input``); on tiled
+        embeddings they belong to ``result.tile``, so pass ``tile=result.tile`` as well.
+    multimask : bool, optional
+        None: the reference rule, i.e. a single positive point and no other prompt predicts
+        three masks and keeps the one with the highest predicted IoU, everything else predicts
+        one mask. True: return all three masks. False: SAM's single-mask output.
+    use_box, use_mask, box_extension
+        How ``mask`` is turned into prompts, see above.
+    tile : int, optional
+        Force this tile (tiled embeddings); by default it is chosen from the prompts
+        (:func:`select_tile`).
+
+    Returns
+    -------
+    PromptResult
+        Full-size bool masks (C, H, W), predicted IoUs (C,), low-res logits (C, 256, 256), the
+        tile used and the block predicted in.
+
+    Notes
+    -----
+    On tiled embeddings the prompts go to one tile: the anchor is the mask centroid, else the
+    box centre, else the mean point (:func:`select_tile`). Points outside that tile's outer
+    block are dropped with a warning and the box is clipped to it. When the other prompts would
+    select another tile the reference raises; here a warning is given and the anchor's tile is
+    used. Objects larger than one outer block are cut at its border.
+    """
+    pts, labels = _as_points(points, point_labels)
+    bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(-1)
+    if bx is not None and (bx.shape != (4,) or not np.isfinite(bx).all()):
+        raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box!r}")
+    mi = _as_mask_input(mask_input)
+    H, W = emb.image_shape
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != (H, W):
+            raise ValueError(f"mask has shape {m.shape}, the embedded image is {(H, W)} (rows, cols)")
+        m = m.astype(bool, copy=False)
+        if not m.any():
+            raise ValueError("the mask prompt is empty")
+        if use_mask and mi is not None:
+            raise ValueError("give either a mask prompt with use_mask=True or mask_input, not both")
+    if pts is None and bx is None and m is None and mi is None:
+        raise ValueError("give at least one prompt: points, box, mask or mask_input")
+
+    # ---- tile selection: shift everything into the chosen tile's outer block
+    if emb.tiles is None:
+        index, block = 0, ((0, 0), (H, W))
+        if tile not in (None, 0):
+            raise ValueError(f"tile={tile} given for untiled embeddings")
+    else:
+        anchors = _centre_rc(pts, bx, m)
+        tiles = {k: _tile_at(emb, *rc).index for k, rc in anchors.items()}
+        if tile is None:
+            primary = next((k for k in ("mask", "box", "points") if k in tiles), None)
+            if primary is None:
+                raise ValueError("mask_input alone on tiled embeddings: pass tile=result.tile")
+            tile = tiles[primary]
+        elif not 0 <= tile < len(emb.tiles):
+            raise ValueError(f"tile={tile} out of range: the embeddings have {len(emb.tiles)} tiles")
+        others = {k: v for k, v in tiles.items() if v != tile}
+        if others:
+            warnings.warn(f"prompts fall into different tiles ({others}); using tile {tile}", stacklevel=2)
+        index, block = tile, emb.tiles[tile].outer
+    (o_r, o_c), (o_r1, o_c1) = block
+    oh, ow = o_r1 - o_r, o_c1 - o_c
+    if emb.tiles is not None:
+        if pts is not None:
+            local = pts - np.array([o_c, o_r], dtype=np.float64)
+            keep = (local >= 0).all(axis=1) & (local[:, 0] < ow) & (local[:, 1] < oh)
+            if not keep.all():
+                warnings.warn(
+                    f"{int((~keep).sum())} of {len(keep)} points lie outside tile {index}'s block {block} "
+                    "and are dropped", stacklevel=2,
+                )
+            pts, labels = (local[keep], labels[keep]) if keep.any() else (None, None)
+        if bx is not None:
+            x0, y0, x1, y1 = bx
+            bx = np.array([max(x0 - o_c, 0), max(y0 - o_r, 0), min(x1 - o_c, ow), min(y1 - o_r, oh)])
+        if m is not None:
+            m = m[tile_slices(block)]
+
+    # ---- mask prompt -> box + logits (in the tile's pixels)
+    if m is not None:
+        if use_box and bx is None and m.any():
+            bx = box_from_mask(m, box_extension).astype(np.float64)
+        if use_mask:
+            mi = logits_from_mask(m)
+    if pts is None and bx is None and mi is None:
+        raise ValueError("no prompt left to segment from (all points dropped, or mask used with "
+                         "use_box=False and use_mask=False)")
+
+    auto = bool(multimask is None and pts is not None and len(pts) == 1 and labels[0] == 1 and bx is None
+                and mi is None)
+    masks, ious, logits = model.predict(
+        emb, points=pts, point_labels=labels, box=bx, mask_input=mi, multimask=bool(multimask) or auto, index=index
+    )
+    best_index = None
+    if auto:
+        best_index = int(np.argmax(ious))
+        masks, ious, logits = masks[best_index : best_index + 1], ious[best_index : best_index + 1], \
+            logits[best_index : best_index + 1]
+    if emb.tiles is not None:
+        full = np.zeros((masks.shape[0], H, W), dtype=bool)
+        full[(slice(None), *tile_slices(block))] = masks
+        masks = full
+    return PromptResult(masks, ious, logits, None if emb.tiles is None else index, block, best_index)
+
+
+# ---------------------------------------------------------------------------- embedding cache
+def _image_hash(image: np.ndarray) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    h.update(repr((image.shape, image.dtype.str)).encode())
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Least-recently-used cache of image embeddings in memory (thread-safe).
+
+    Keyed by the image content (a 128-bit xxh3 hash of its bytes, shape and dtype), the model
+    id, the tiling (``tile_shape``, ``halo``, rows/cols) and the normalisation. Concurrent
+    requests for the same key compute the embedding once.
+
+    Parameters
+    ----------
+    model : PathoSAM
+        The model whose ``embed`` computes missing entries.
+    max_entries : int
+        How many embeddings are kept (the least recently used is dropped first).
+    progress : bool
+        Show the embedding progress bar for misses.
+
+    Examples
+    --------
+    >>> cache = EmbeddingCache(model, max_entries=4)
+    >>> emb = cache.get(image, tile_shape=(384, 384), halo=(64, 64))   # computed
+    >>> emb = cache.get(image, tile_shape=(384, 384), halo=(64, 64))   # from memory
+    """
+
+    def __init__(self, model: PathoSAM, max_entries: int = 4, progress: bool = False) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.model = model
+        self.max_entries = int(max_entries)
+        self.progress = progress
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, ImageEmbeddings] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+
+    def key(
+        self,
+        image: np.ndarray | None = None,
+        tile_shape: tuple[int, int] | None = None,
+        halo: tuple[int, int] | None = None,
+        normalization: Normalization = "none",
+        image_hash: str | None = None,
+    ) -> tuple:
+        """The cache key of an image (or of its precomputed ``image_hash``) and settings."""
+        if image_hash is None:
+            if image is None:
+                raise ValueError("give image or image_hash")
+            image_hash = _image_hash(np.asarray(image))
+        if tile_shape is None:
+            if halo is not None:
+                raise ValueError("halo given without tile_shape")
+            tiling = None
+        else:
+            tiling = (tuple(int(v) for v in tile_shape), tuple(int(v) for v in (halo or (0, 0))))
+        return (image_hash, getattr(self.model, "model_id", None), tiling, normalization)
+
+    def get(
+        self,
+        image: np.ndarray,
+        tile_shape: tuple[int, int] | None = None,
+        halo: tuple[int, int] | None = None,
+        normalization: Normalization = "none",
+        image_hash: str | None = None,
+    ) -> ImageEmbeddings:
+        """Embeddings of ``image`` (H, W[, C], indexed [row, col]), computed on a miss.
+
+        ``tile_shape`` / ``halo`` are (rows, cols) as in ``model.embed``; ``image_hash`` skips
+        hashing when the caller already identifies the image (it must change with the pixels).
+        """
+        key = self.key(image, tile_shape, halo, normalization, image_hash)
+        with self._lock:
+            hit = self._lookup(key)
+            if hit is not None:
+                return hit
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        try:
+            with key_lock:
+                with self._lock:
+                    hit = self._lookup(key)
+                    if hit is not None:
+                        return hit
+                emb = self.model.embed(np.asarray(image), tile_shape=tile_shape, halo=halo,
+                                       normalization=normalization, progress=self.progress)
+                with self._lock:
+                    self.misses += 1
+                    self._entries[key] = emb
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
+                return emb
+        finally:
+            with self._lock:
+                if self._key_locks.get(key) is key_lock:
+                    del self._key_locks[key]
+
+    def _lookup(self, key) -> ImageEmbeddings | None:
+        emb = self._entries.get(key)
+        if emb is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return emb
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def keys(self) -> list[Hashable]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# ---------------------------------------------------------------------------- interactive session
+@dataclass
+class _State:
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    result: PromptResult | None = None
+
+
+class InteractiveSession:
+    """Click-by-click segmentation of one object at a time on one image.
+
+    The embeddings are computed once (or taken from ``embeddings`` / an :class:`EmbeddingCache`);
+    every prompt change re-runs only the prompt encoder and mask decoder on all accumulated
+    prompts. Points are ``(x, y)``, boxes ``(x0, y0, x1, y1)``, in full-image pixels; masks are
+    (H, W) indexed [row, col].
+
+    Parameters
+    ----------
+    model : PathoSAM
+        The model.
+    image : np.ndarray, optional
+        The image (H, W[, C]); embedded with ``tile_shape``/``halo``/``normalization``.
+    embeddings : ImageEmbeddings, optional
+        Precomputed embeddings instead of ``image``.
+    tile_shape, halo : tuple of int, optional
+        Tiling (rows, cols) for embedding ``image``; None = untiled.
+    normalization : {"none", "minmax"}
+        Input normalisation for embedding ``image``.
+    cache : EmbeddingCache, optional
+        Take the embeddings from (and leave them in) this cache.
+    feed_logits : bool
+        Pass the previous result's low-res logits as ``mask_input`` with the next prediction
+        (SAM's iterative refinement; micro-sam's evaluation default is off). They are only
+        fed when the prompts stay in the same tile; they replace a mask prompt's own logits.
+
+    Examples
+    --------
+    >>> s = InteractiveSession(model, image)
+    >>> s.add_point(120, 80)                 # best of 3 masks
+    >>> s.add_point(131, 95, positive=False) # refine: costs only the mask decoder
+    >>> s.undo(); mask = s.mask
+    """
+
+    def __init__(
+        self,
+        model: PathoSAM,
+        image: np.ndarray | None = None,
+        *,
+        embeddings: ImageEmbeddings | None = None,
+        tile_shape: tuple[int, int] | None = None,
+        halo: tuple[int, int] | None = None,
+        normalization: Normalization = "none",
+        cache: EmbeddingCache | None = None,
+        feed_logits: bool = False,
+    ) -> None:
+        if (image is None) == (embeddings is None):
+            raise ValueError("give exactly one of image or embeddings")
+        if embeddings is None:
+            if cache is not None:
+                embeddings = cache.get(image, tile_shape, halo, normalization)
+            else:
+                embeddings = model.embed(image, tile_shape=tile_shape, halo=halo, normalization=normalization,
+                                         progress=False)
+        self.model = model
+        self.embeddings = embeddings
+        self.feed_logits = feed_logits
+        self._state = _State()
+        self._history: list[_State] = []
+
+    # -------------------------------------------------------------- state
+    @property
+    def points(self) -> np.ndarray:
+        """(N, 2) accumulated points (x, y)."""
+        return self._state.points.copy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) their labels (1 object, 0 background)."""
+        return self._state.labels.copy()
+
+    @property
+    def box(self) -> np.ndarray | None:
+        return None if self._state.box is None else self._state.box.copy()
+
+    @property
+    def result(self) -> PromptResult | None:
+        """The latest prediction (None before the first prompt or after ``reset``)."""
+        return self._state.result
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """(H, W) bool current mask, or None."""
+        return None if self._state.result is None else self._state.result.mask
+
+    # -------------------------------------------------------------- prompts
+    def add_point(self, x: float, y: float, positive: bool = True) -> PromptResult:
+        """Add one point (x, y) (object if ``positive``) and predict."""
+        return self.add_points([(x, y)], [1 if positive else 0])
+
+    def add_points(self, points: ArrayLike, labels: ArrayLike) -> PromptResult:
+        """Add (N, 2) points (x, y) with (N,) labels at once (one prediction)."""
+        pts, lab = _as_points(points, labels)
+        if pts is None:
+            raise ValueError("no points given")
+        s = self._state
+        return self._apply(_State(np.concatenate([s.points, pts]), np.concatenate([s.labels, lab]), s.box, s.mask))
+
+    def set_box(self, box: ArrayLike) -> PromptResult:
+        """Set (replace) the box (x0, y0, x1, y1) and predict."""
+        s = self._state
+        b = np.asarray(box, dtype=np.float64).reshape(4)
+        return self._apply(_State(s.points, s.labels, b, s.mask))
+
+    def set_mask(self, mask: np.ndarray) -> PromptResult:
+        """Set (replace) a binary mask prompt (H, W) and predict (box + logits from it)."""
+        s = self._state
+        return self._apply(_State(s.points, s.labels, s.box, np.asarray(mask).astype(bool)))
+
+    def predict(self) -> PromptResult:
+        """Predict again from the current prompts (e.g. after changing ``feed_logits``)."""
+        if self._state.result is None:
+            raise ValueError("no prompts yet")
+        s = self._state
+        return self._apply(_State(s.points, s.labels, s.box, s.mask), record=False)
+
+    def undo(self) -> PromptResult | None:
+        """Go back to the state before the last prompt change; returns its result."""
+        if self._history:
+            self._state = self._history.pop()
+        return self._state.result
+
+    def reset(self) -> None:
+        """Forget all prompts, results and history (start a new object)."""
+        self._state = _State()
+        self._history.clear()
+
+    def _apply(self, new: _State, record: bool = True) -> PromptResult:
+        emb = self.embeddings
+        pts = new.points if len(new.points) else None
+        lab = new.labels if len(new.labels) else None
+        prev = self._state.result
+        mask_input, tile = None, None
+        if self.feed_logits and prev is not None:
+            tile = select_tile(emb, pts, new.box, new.mask)
+            if tile == prev.tile:
+                mask_input = prev.mask_input
+        new.result = segment_prompt(
+            self.model, emb, pts, lab, new.box, new.mask, mask_input, None,
+            use_mask=mask_input is None, tile=tile if mask_input is not None else None,
+        )
+        if record:
+            self._history.append(self._state)
+        self._state = new
+        return new.result
