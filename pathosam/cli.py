@@ -261,8 +261,9 @@ def _segment(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .image import read_image
     from .automatic import image_name, save_segmentation, segment_nuclei
+    from .image import read_image
+    from .wsi import is_slide
 
     inputs = _expand_inputs(args.images)
     names: dict[str, str] = {}
@@ -279,11 +280,20 @@ def _segment(args: argparse.Namespace) -> int:
               if getattr(args, k) is not None}
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}", file=sys.stderr)
+    client = _dask_client(args) if any(is_slide(p) for p in inputs) else None
     t_start = time.perf_counter()
     failed: list[str] = []
     n_nuclei = 0
     for path in inputs:
         name = image_name(path)
+        if is_slide(path):
+            try:
+                n_nuclei += _segment_one_slide(args, path, name, model, client)
+            except (ValueError, OSError, RuntimeError) as err:
+                msg = str(err)
+                _error(msg if path in msg else f"{path}: {msg}")
+                failed.append(path)
+            continue
         try:
             image = read_image(path)
             if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
@@ -302,10 +312,54 @@ def _segment(args: argparse.Namespace) -> int:
         tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
         print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
               f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
+    if client is not None:
+        client.close()
     done = len(inputs) - len(failed)
     summary = f"segmented {done} of {len(inputs)} images, {n_nuclei} nuclei, in {time.perf_counter() - t_start:.1f} s"
     print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _dask_client(args: argparse.Namespace):
+    """A Dask client for --workers N (local cluster) or --scheduler ADDRESS, else None."""
+    if not args.workers and not args.scheduler:
+        return None
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--workers/--scheduler need Dask: pip install 'pathosam[dask]'") from None
+    if args.scheduler:
+        return Client(args.scheduler)
+    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+
+
+def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, client) -> int:
+    """The whole-slide path of ``pathosam segment``; returns the number of nuclei."""
+    import time
+
+    from .instances.tiled import AISParams
+    from .wsi.pipeline import SlideOptions, segment_slide
+
+    if args.mode != "ais":
+        raise ValueError("whole slides are segmented with --mode ais")
+    params = {k: getattr(args, k) for k in AIS_OPTIONS if getattr(args, k) is not None}
+    ts = args.tile_shape or (384, 384)
+    options = SlideOptions(
+        target_mpp=None if args.no_rescale else args.target_mpp, mpp=args.mpp,
+        roi=tuple(args.roi) if args.roi else None, tile_shape=ts, halo=args.halo or (64, 64),
+        batch_size=args.batch_size, classes=args.classes, tissue=not args.no_tissue_mask,
+        normalization=args.normalization, ais=AISParams(**params),
+    )
+    t0 = time.perf_counter()
+    man = segment_slide(path, model, args.output, options, name=name, progress=not args.quiet, client=client)
+    g = man["work_grid"]
+    if man.get("skipped"):
+        print(f"{path}: already done ({man['nuclei']} nuclei), skipped")
+    else:
+        print(f"{path}: {man['nuclei']} nuclei (slide, {g['tiles_through_model']} of {g['tiles']} tiles with tissue "
+              f"through the model, {time.perf_counter() - t0:.1f} s) -> {args.output}/{name}.ome.zarr, "
+              f".geojson.gz, .parquet")
+    return int(man["nuclei"])
 
 
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -348,8 +402,108 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--box-nms-thresh", type=float, help="box NMS IoU threshold (0.7)")
     g.add_argument("--min-mask-region-area", type=int, help="remove holes/islands below this area (0)")
     g.add_argument("--min-object-size", type=int, help="drop objects below this many pixels (0)")
+    g = p.add_argument_group("whole slides (SVS, NDPI, MRXS, ... and pyramidal or very large TIFF)")
+    g.add_argument("--target-mpp", type=float, default=0.25,
+                   help="model resolution in um/px; slides are rescaled to it (default 0.25 = 40x)")
+    g.add_argument("--mpp", type=float, help="the slide's pixel size in um/px (overrides its metadata)")
+    g.add_argument("--no-rescale", action="store_true", help="use the slide's pixels as they are")
+    g.add_argument("--no-tissue-mask", action="store_true", help="also run the model on background tiles")
+    g.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="only this region (level-0 pixels: left, top, width, height)")
+    g.add_argument("--workers", type=int, help="spread tiles over N local Dask worker processes")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster (tcp://host:8786)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_segment)
+
+
+# ---------------------------------------------------------------------------------------------
+# pathosam serve ...
+
+
+class _ModelAction(argparse.Action):
+    """``--model X``: append a served model (the first given is the default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .server.config import ServedModel
+
+        served = list(getattr(namespace, "served", None) or [])
+        served.append(ServedModel(values))
+        namespace.served = served
+
+
+class _DecoderAction(argparse.Action):
+    """``--decoder FILE``: the instance decoder of the ``--model`` given just before."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from dataclasses import replace
+
+        served = list(getattr(namespace, "served", None) or [])
+        if not served:
+            parser.error("--decoder must follow the --model it belongs to")
+        served[-1] = replace(served[-1], decoder=values)
+        namespace.served = served
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError("pathosam serve needs fastapi and uvicorn: pip install fastapi uvicorn") from None
+    from .server import serve
+    from .server.config import ServedModel, ServerConfig
+
+    if args.port < 0 or args.port > 65535:
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
+    if args.max_request_mb <= 0 or args.max_image_pixels <= 0:
+        raise UsageError("--max-request-mb and --max-image-pixels must be positive")
+    config = ServerConfig(
+        models=args.served or [ServedModel("vit_b_histopathology")], device=args.device,
+        allow_downloads=args.allow_downloads or args.allow_remote_weights,
+        allow_remote_weights=args.allow_remote_weights, max_request_mb=args.max_request_mb,
+        max_image_pixels=args.max_image_pixels, embedding_cache=args.embedding_cache,
+        max_loaded_models=args.max_loaded_models,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"{PROG}: warning: serving on {args.host}: the server has no authentication; anyone who can "
+              "reach this address can use it", file=sys.stderr)
+    print(f"{PROG} serve: loading {', '.join(m.model for m in config.models)}; QuPath SAM extension server URL: "
+          f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/sam/", file=sys.stderr)
+    serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    return EXIT_OK
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``pathosam serve``: SAM-API compatible HTTP server for the QuPath SAM extension."""
+    p = subparsers.add_parser(
+        "serve", help="HTTP server for the QuPath SAM extension (SAM-API compatible)",
+        description="Serve PathoSAM over HTTP with the SAM-API protocol that qupath-extension-sam "
+        "speaks: set the extension's server URL to http://HOST:PORT/sam/. Prompts (boxes, points) "
+        "give SAM masks; 'auto mask' gives AIS nuclei when the model has a decoder, else SAM's AMG. "
+        "Only the models given here and cached registered models are loaded; requested URLs are "
+        "resolved offline to them (see docs of pathosam.server).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("-m", "--model", action=_ModelAction, metavar="NAME_OR_FILE", dest="served",
+                   help="registry name or weights file to serve; repeat for several, the first is the "
+                   "default (default: vit_b_histopathology)")
+    p.add_argument("--decoder", action=_DecoderAction, metavar="FILE", dest="served",
+                   help="instance-decoder file of the --model given just before it")
+    p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="download registered (hash-verified) models that are not cached when requested")
+    p.add_argument("--allow-remote-weights", action="store_true",
+                   help="also download and load weights from any http(s) URL a client sends (off: only "
+                   "registered models and the --model files)")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body in MiB (default 64)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="largest image, width x height (default 4096*4096)")
+    p.add_argument("--embedding-cache", type=int, default=4, help="image embeddings kept in memory (default 4)")
+    p.add_argument("--max-loaded-models", type=int, default=1, help="models kept in memory at once (default 1)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default info)")
+    p.set_defaults(handler=_serve, served=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +513,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_segment_parser,
     add_models_parser,
     add_embed_parser,
+    add_serve_parser,
 ]
 
 

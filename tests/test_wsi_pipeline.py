@@ -129,3 +129,38 @@ def test_dask_two_workers_equal_single_process(tmp_path):
         assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name
     np.testing.assert_array_equal(read_label_zarr(tmp_path / "single" / "d.ome.zarr"),
                                   read_label_zarr(tmp_path / "dask" / "d.ome.zarr"))
+
+
+def test_cli_slide_end_to_end_tiny_model_on_a_pyramid_of_the_real_slide(data_dir, tiny_files, tmp_path, capsys):
+    from pathosam.cli import main
+    from pathosam.wsi import open_slide
+
+    svs = data_dir / "wsi" / "CMU-1-Small-Region.svs"
+    if not svs.is_file():
+        pytest.skip("CMU-1-Small-Region.svs not present")
+    with open_slide(svs) as s:
+        full = s.read(0, 0, *s.shape)
+    write_pyramid(tmp_path / "cmu.ome.tif", full, 0.499)
+    args = ["segment", str(tmp_path / "cmu.ome.tif"), "-o", str(tmp_path / "out"), "-c", str(tiny_files["tiny_sam.pt"]),
+            "--decoder", str(tiny_files["tiny_sam_decoder.pt"]), "-d", "cpu", "--target-mpp", "0.499",
+            "--roi", "700", "1300", "400", "380", "--tile-shape", "256", "--foreground-threshold", "0.1",
+            "--center-distance-threshold", "0.9", "--boundary-distance-threshold", "0.9", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "cmu.ome.tif:" in out and "(slide," in out and "segmented 1 of 1 images" in out
+    labels, features, table, manifest = load_outputs(tmp_path / "out", "cmu")
+    assert labels.shape == (380, 400) and manifest["model"]["name"] == "tiny_sam.pt"
+    assert len(features) == len(table) == labels.max() > 0
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in features)
+    assert table["centroid_x"].between(700, 1100).all() and table["centroid_y"].between(1300, 1680).all()
+    # the same command again: the finished slide is skipped
+    assert main(args) == 0
+    assert "already done" in capsys.readouterr().out
+    # a slide without pixel size needs --mpp or --no-rescale
+    tifffile.imwrite(tmp_path / "nompp.tif", full[:600, :600], tile=(256, 256), photometric="rgb")
+    nompp = ["segment", str(tmp_path / "nompp.tif"), "-o", str(tmp_path / "o2"), "-c", str(tiny_files["tiny_sam.pt"]),
+             "--decoder", str(tiny_files["tiny_sam_decoder.pt"]), "-d", "cpu", "-q"]
+    from pathosam.wsi import is_slide
+
+    if is_slide(tmp_path / "nompp.tif"):
+        assert main(nompp) == 1 and "--mpp" in capsys.readouterr().err
