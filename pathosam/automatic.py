@@ -195,16 +195,39 @@ def _ais_untiled(model, image, params: AISParams, classes: bool, normalization) 
     return out
 
 
+def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int]) -> tuple[int, int]:
+    """Context (rows, cols) of the block-wise AIS post-processing: the tiling halo, at least
+    32 px (seam-free stitching needs context) and at most the tile shape."""
+    return (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
+
+
+def feed_tiles(model, job: TiledAIS, tiles, inputs, classes: bool) -> float:
+    """Run one batch of tiles (``inputs`` from ``prepare_input``) through the encoder and the
+    decoder(s) and hand each tile's inner maps (and class features) to ``job``; returns the
+    seconds spent in the model."""
+    from .semantic import class_features
+
+    t0 = time.perf_counter()
+    tensors, in_sizes, origs = zip(*inputs)
+    feats = model.encode(list(tensors))
+    inst = model.decode(feats, in_sizes, origs, "instance")
+    sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(tiles)
+    seconds = time.perf_counter() - t0
+    for tile, m, s in zip(tiles, inst, sem):
+        il = (slice(None), *tile_slices(tile.inner_local))
+        job.add(tile.index, m[il], None if s is None else class_features(s[il]))
+    return seconds
+
+
 def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool, batch_size: int,
                normalization, progress: bool) -> Segmentation:
     from tqdm.auto import tqdm
 
-    from .semantic import class_features, classes_from_sums
+    from .semantic import classes_from_sums
 
     H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo)
-    pp_halo = (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
-    job = TiledAIS((H, W), tile_shape, pp_halo, params)
+    job = TiledAIS((H, W), tile_shape, postprocessing_halo(tile_shape, halo), params)
     rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
     t_model = t_post = 0.0
     bar = tqdm(total=len(tiles), desc="segmenting tiles", unit="tile", disable=not progress)
@@ -213,20 +236,13 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
         t0 = time.perf_counter()
         inputs = [prepare_input(to_rgb_uint8(image[tile_slices(t.outer)], normalization)
                                 if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
-        tensors, in_sizes, origs = zip(*inputs)
-        feats = model.encode(list(tensors))
-        inst = model.decode(feats, in_sizes, origs, "instance")
-        sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(batch)
-        t1 = time.perf_counter()
-        for tile, m, s in zip(batch, inst, sem):
-            il = (slice(None), *tile_slices(tile.inner_local))
-            job.add(tile.index, m[il], None if s is None else class_features(s[il]))
-        t_model += t1 - t0
-        t_post += time.perf_counter() - t1
+        seconds = feed_tiles(model, job, batch, inputs, classes)
+        t_model += seconds
+        t_post += time.perf_counter() - t0 - seconds
         bar.update(len(batch))
     bar.close()
     t1 = time.perf_counter()
-    n = job.finish()
+    job.finish()
     out = Segmentation(job.out, "ais")
     if classes:
         out.classes, out.class_probabilities = classes_from_sums(job.nuclei.features)

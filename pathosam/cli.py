@@ -297,7 +297,7 @@ def _segment(args: argparse.Namespace) -> int:
         try:
             image = read_image(path)
             if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
-                raise ValueError(f"the label TIFF would overwrite the input; choose another output directory")
+                raise ValueError("the label TIFF would overwrite the input; choose another output directory")
             t0 = time.perf_counter()
             result = segment_nuclei(image, model, mode=args.mode, tile_shape=tile_shape, halo=args.halo,
                                     batch_size=args.batch_size, classes=args.classes,

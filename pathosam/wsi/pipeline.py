@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..instances.tiled import AISParams, BlockResult, TiledAIS
-from ..tiling import tile_grid, tile_slices
+from ..tiling import tile_grid
 from .slide import Slide, open_slide
 from .tissue import tile_has_tissue, tissue_mask
 
@@ -160,10 +160,12 @@ class _Plan:
     def job(self, blocks=None, on_result=None) -> TiledAIS:
         import zarr
 
-        ts, halo = self.options.tile_shape, self.options.halo
-        pp_halo = (min(max(halo[0], 32), ts[0]), min(max(halo[1], 32), ts[1]))
+        from ..automatic import postprocessing_halo
+
+        ts = self.options.tile_shape
         labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
-        return TiledAIS(self.geom.shape, ts, pp_halo, self.options.ais, out=labels, on_result=on_result, blocks=blocks)
+        return TiledAIS(self.geom.shape, ts, postprocessing_halo(ts, self.options.halo), self.options.ais,
+                        out=labels, on_result=on_result, blocks=blocks)
 
 
 def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
@@ -199,8 +201,9 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
                 stop_after: int | None = None) -> dict:
     """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
     the work folder; computes the maps of the tiles around them (model only on tissue tiles)."""
+    from ..automatic import feed_tiles
     from ..image import prepare_input, to_rgb_uint8
-    from ..semantic import N_CLASS_FEATURES, class_features
+    from ..semantic import N_CLASS_FEATURES
 
     options, geom = plan.options, plan.geom
     own_slide = slide is None
@@ -229,15 +232,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
         nonlocal t_model
         if not pending:
             return
-        t0 = time.perf_counter()
-        tensors, in_sizes, origs = zip(*(p[1] for p in pending))
-        feats = model.encode(list(tensors))
-        inst = model.decode(feats, in_sizes, origs, "instance")
-        sem = model.decode(feats, in_sizes, origs, "semantic") if options.classes else [None] * len(pending)
-        t_model += time.perf_counter() - t0
-        for (tile, _), m, s in zip(pending, inst, sem):
-            il = (slice(None), *tile_slices(tile.inner_local))
-            job.add(tile.index, m[il], None if s is None else class_features(s[il]))
+        t_model += feed_tiles(model, job, [p[0] for p in pending], [p[1] for p in pending], options.classes)
         if bar is not None:
             bar.update(len(pending))
         pending.clear()
