@@ -201,21 +201,32 @@ def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int]) -> t
     return (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
 
 
-def feed_tiles(model, job: TiledAIS, tiles, inputs, classes: bool) -> float:
+def run_tiles(model, inputs, classes: bool) -> tuple[list, list, float]:
     """Run one batch of tiles (``inputs`` from ``prepare_input``) through the encoder and the
-    decoder(s) and hand each tile's inner maps (and class features) to ``job``; returns the
-    seconds spent in the model."""
-    from .semantic import class_features
-
+    decoder(s); returns the instance maps, the semantic maps (None each without ``classes``)
+    and the seconds spent in the model."""
     t0 = time.perf_counter()
     tensors, in_sizes, origs = zip(*inputs)
     feats = model.encode(list(tensors))
     inst = model.decode(feats, in_sizes, origs, "instance")
-    sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(tiles)
-    seconds = time.perf_counter() - t0
+    sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(inputs)
+    return inst, sem, time.perf_counter() - t0
+
+
+def hand_over(job: TiledAIS, tiles, inst, sem) -> None:
+    """Give each tile's inner maps (and class features) to ``job``, which post-processes the
+    blocks that become ready."""
+    from .semantic import class_features
+
     for tile, m, s in zip(tiles, inst, sem):
         il = (slice(None), *tile_slices(tile.inner_local))
         job.add(tile.index, m[il], None if s is None else class_features(s[il]))
+
+
+def feed_tiles(model, job: TiledAIS, tiles, inputs, classes: bool) -> float:
+    """:func:`run_tiles` then :func:`hand_over`; returns the seconds spent in the model."""
+    inst, sem, seconds = run_tiles(model, inputs, classes)
+    hand_over(job, tiles, inst, sem)
     return seconds
 
 

@@ -8,6 +8,7 @@ import tifffile
 
 from pathosam.instances import ais_from_maps
 from pathosam.instances.tiled import AISParams, TiledAIS, process_block, tiled_ais_from_maps
+from pathosam.tiling import tile_slices
 
 from .test_ais import IMAGES, PARAMS, load_maps, partition_report
 
@@ -167,3 +168,36 @@ def test_block_results_are_order_independent_and_give_the_nucleus_table(vectors)
     np.testing.assert_allclose(nuc.features[:, 1], [maps[0][expected == p.label].sum() for p in props], rtol=1e-6)
     # anchors are the seeds' first pixels, increasing with the id
     assert np.all(np.diff(nuc.anchor) > 0)
+
+
+def test_iter_merged_yields_chunks_only_when_their_labels_are_final():
+    """Row-by-row merge: each chunk's nuclei are complete in the target when it is yielded, ids
+    are consecutive from 1, and the result equals the all-at-once merge."""
+    from pathosam.instances.tiled import iter_merged, merge_blocks
+
+    rng = np.random.default_rng(7)
+    shape, tile, halo = (300, 260), (64, 64), (32, 32)
+    centres = np.stack([rng.integers(0, shape[0], 90), rng.integers(0, shape[1], 90)], axis=1)
+    maps, _ = disk_maps(shape, centres, rng.integers(3, 12, 90))
+    job = TiledAIS(shape, tile, halo, AISParams(min_size=20))
+    for t in job.blocks():
+        (r0, c0), (r1, c1) = t.inner
+        job.add(t.index, maps[:, r0:r1, c0:c1])
+    results = [job.results[i] for i in range(job.n_blocks)]
+    nuclei_all, luts = merge_blocks(results, 20)
+    expected = np.zeros(shape, np.uint32)
+    for t in job.blocks():
+        sl = tile_slices(t.inner)
+        expected[sl] = luts[t.index][job.out[sl]]
+    target = np.zeros(shape, np.uint32)
+    n_cols = job.grid.n_cols
+    next_id = 1
+    for first, chunk in iter_merged(shape, tile, lambda i: results[i * n_cols : (i + 1) * n_cols], job.out,
+                                    target, 20):
+        assert first == next_id
+        for k in range(len(chunk)):
+            r0, c0, r1, c1 = chunk.bbox[k]
+            assert (target[r0:r1, c0:c1] == first + k).sum() == chunk.area[k]
+        next_id += len(chunk)
+    assert next_id - 1 == len(nuclei_all) > 40
+    np.testing.assert_array_equal(target, expected)

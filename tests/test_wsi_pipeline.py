@@ -120,7 +120,7 @@ def test_dask_two_workers_equal_single_process(tmp_path):
     write_pyramid(tmp_path / "d.ome.tif", image, 0.25)
     opts = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True)
     segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "single", opts, progress=False)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         man = segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "dask", opts, progress=False,
                             client=client, rows_per_task=2)

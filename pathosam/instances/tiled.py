@@ -29,7 +29,7 @@ whose neighbouring blocks are not finished (about two rows of tiles in raster or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,13 +186,10 @@ def process_block(
     return BlockResult(tile.index, labels, seed_anchor[present], stats, feats)
 
 
-def merge_blocks(results: list[BlockResult], min_size: int = 0) -> tuple[Nuclei, dict[int, np.ndarray]]:
-    """Merge block results by anchor: per-nucleus data of the kept nuclei (area >= ``min_size``,
-    ids = anchor ranks 1..N) and, per block index, the lookup table local id -> final id."""
-    if not results:
-        raise ValueError("no block results to merge")
-    anchors = np.concatenate([r.anchors for r in results])
-    stats = np.concatenate([r.stats for r in results]) if anchors.size else np.zeros((0, len(STATS)))
+def _aggregate(anchors: np.ndarray, stats: np.ndarray, features: np.ndarray | None, min_size: int
+               ) -> tuple[np.ndarray, np.ndarray, Nuclei]:
+    """Sum the per-block entries of each anchor: (sorted unique anchors, 1-based rank among the
+    kept nuclei or 0 for dropped ones, per-nucleus data of the kept nuclei)."""
     uniq, inv = np.unique(anchors, return_inverse=True)
     n = uniq.size
     area = np.bincount(inv, stats[:, 0], minlength=n)
@@ -202,24 +199,134 @@ def merge_blocks(results: list[BlockResult], min_size: int = 0) -> tuple[Nuclei,
     np.minimum.at(mins, inv, stats[:, 3:5])
     np.maximum.at(maxs, inv, stats[:, 5:7])
     keep = area >= max(min_size, 1)
-    final = np.where(keep, np.cumsum(keep), 0).astype(np.uint32)
+    rank = np.where(keep, np.cumsum(keep), 0).astype(np.int64)
+    feats = None
+    if features is not None:
+        feats = np.stack([np.bincount(inv, features[:, j], minlength=n) for j in range(features.shape[1])],
+                         axis=1)[keep].reshape(-1, features.shape[1])
+    a = area[keep]
+    nuclei = Nuclei(
+        anchor=uniq[keep],
+        area=a.astype(np.int64),
+        centroid=(sums[keep] / np.maximum(a, 1)[:, None]).reshape(-1, 2),
+        bbox=np.concatenate([mins[keep], maxs[keep] + 1], axis=1).astype(np.int64).reshape(-1, 4),
+        features=feats,
+    )
+    return uniq, rank, nuclei
+
+
+def concat_nuclei(parts: list[Nuclei], n_features: int | None = None) -> Nuclei:
+    """Concatenate per-nucleus data (e.g. the chunks of :func:`iter_merged`)."""
+    has_features = bool(parts) and parts[0].features is not None
+    if not parts:
+        has_features = n_features is not None
+    return Nuclei(
+        anchor=np.concatenate([np.zeros(0, np.int64)] + [p.anchor for p in parts]),
+        area=np.concatenate([np.zeros(0, np.int64)] + [p.area for p in parts]),
+        centroid=np.concatenate([np.zeros((0, 2))] + [p.centroid for p in parts]),
+        bbox=np.concatenate([np.zeros((0, 4), np.int64)] + [p.bbox for p in parts]),
+        features=np.concatenate([np.zeros((0, n_features or 0))] + [p.features for p in parts])
+        if has_features else None,
+    )
+
+
+def iter_merged(
+    shape: tuple[int, int],
+    tile_shape: tuple[int, int],
+    load_row: Callable[[int], list[BlockResult]],
+    source,
+    target,
+    min_size: int = 0,
+) -> Iterator[tuple[int, Nuclei]]:
+    """Merge block results by anchor, one row of blocks at a time, in bounded memory.
+
+    A nucleus' anchor lies in the extended region of every block holding some of its pixels
+    (the halo is at most one tile), so a nucleus whose anchor is in block row ``a`` only occurs in
+    block rows ``a - 1 .. a + 1``, and anchors grow with the block row. Nuclei are therefore
+    completed row by row, their final ids (anchor ranks, as :func:`merge_blocks`) are known once
+    the next row is loaded, and the labels of block row ``b`` are final once anchor rows up to
+    ``b + 1`` are. At most four rows of block results are held.
+
+    Parameters
+    ----------
+    shape, tile_shape : (int, int)
+        Image shape and block shape (rows, cols) in pixels.
+    load_row : callable
+        ``load_row(i)`` -> the :class:`BlockResult` of every block of block row ``i`` (labels
+        not needed).
+    source, target : array-like
+        (H, W) uint32 block-local labels as written by the blocks, and the array receiving the
+        final ids (may be ``source`` itself).
+    min_size : int
+        Nuclei with fewer pixels are dropped (their pixels become 0).
+
+    Yields
+    ------
+    (int, Nuclei)
+        The first final id of the chunk and the per-nucleus data of ids ``first .. first + k - 1``,
+        one chunk per block row of anchors, each once all labels of its nuclei are in ``target``.
+    """
+    th, tw = tile_shape
+    n_rows, n_cols = -(-shape[0] // th), -(-shape[1] // tw)
+    row_of = np.int64(th) * shape[1]  # anchors of block row a are in [a * row_of, (a + 1) * row_of)
+    rows: dict[int, list[BlockResult]] = {}
+    finals: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # anchor row -> (anchors, final ids or 0)
+    ready: list[tuple[int, int, Nuclei]] = []  # (anchor row, first id, chunk) not yet yielded
+    offset = 0
+    rows[0] = load_row(0)
+    for a in range(n_rows + 1):
+        if a + 1 < n_rows:
+            rows[a + 1] = load_row(a + 1)
+        if a < n_rows:  # complete the nuclei anchored in block row a
+            parts = [(r.anchors, r.stats, r.features) for i in (a - 1, a, a + 1) if i in rows for r in rows[i]]
+            anchors = np.concatenate([np.zeros(0, np.int64)] + [p[0] for p in parts])
+            sel = anchors // row_of == a
+            stats = np.concatenate([np.zeros((0, len(STATS)))] + [p[1] for p in parts])[sel]
+            features = None
+            with_features = [p[2] for p in parts if p[2] is not None]
+            if with_features:
+                features = np.concatenate(with_features)[sel]
+            uniq, rank, nuclei = _aggregate(anchors[sel], stats, features, min_size)
+            finals[a] = (uniq, np.where(rank > 0, rank + offset, 0).astype(np.uint32))
+            ready.append((a, offset + 1, nuclei))
+            offset += len(nuclei)
+        b = a - 1  # block row b: its anchors are in rows b - 1 .. b + 1, all final now
+        if b >= 0:
+            known = [finals[i] for i in (b - 1, b, b + 1) if i in finals]
+            keys = np.concatenate([k for k, _ in known])
+            ids = np.concatenate([v for _, v in known])
+            for r in rows[b]:
+                pos = np.searchsorted(keys, r.anchors)
+                if r.anchors.size and (pos.max() >= keys.size or not np.array_equal(keys[pos], r.anchors)):
+                    raise RuntimeError(f"block {r.index}: a nucleus' anchor lies more than one block row away")
+                lut = np.concatenate([[0], ids[pos]]).astype(np.uint32)
+                i, j = divmod(r.index, n_cols)
+                sl = (slice(i * th, min((i + 1) * th, shape[0])), slice(j * tw, min((j + 1) * tw, shape[1])))
+                target[sl] = lut[np.asarray(source[sl])]
+            rows.pop(b - 1, None)
+            finals.pop(b - 2, None)
+        while ready and min(ready[0][0] + 1, n_rows - 1) <= b:
+            _, first, chunk = ready.pop(0)
+            yield first, chunk
+
+
+def merge_blocks(results: list[BlockResult], min_size: int = 0) -> tuple[Nuclei, dict[int, np.ndarray]]:
+    """Merge block results by anchor, all at once: per-nucleus data of the kept nuclei (area >=
+    ``min_size``, ids = anchor ranks 1..N) and, per block index, the lookup table local id ->
+    final id. (:func:`iter_merged` does the same row by row in bounded memory.)"""
+    if not results:
+        raise ValueError("no block results to merge")
+    anchors = np.concatenate([r.anchors for r in results])
+    stats = np.concatenate([r.stats for r in results]) if anchors.size else np.zeros((0, len(STATS)))
+    features = np.concatenate([r.features for r in results]) if results[0].features is not None else None
+    uniq, rank, nuclei = _aggregate(anchors, stats, features, min_size)
+    final = rank.astype(np.uint32)
+    inv = np.searchsorted(uniq, anchors)
     luts, offset = {}, 0
     for r in results:
         k = r.anchors.size
         luts[r.index] = np.concatenate([[0], final[inv[offset : offset + k]]]).astype(np.uint32)
         offset += k
-    features = None
-    if results[0].features is not None:
-        f = np.concatenate([r.features for r in results])
-        features = np.stack([np.bincount(inv, f[:, j], minlength=n) for j in range(f.shape[1])], axis=1)[keep]
-    a = area[keep]
-    nuclei = Nuclei(
-        anchor=uniq[keep],
-        area=a.astype(np.int64),
-        centroid=sums[keep] / np.maximum(a, 1)[:, None],
-        bbox=np.concatenate([mins[keep], maxs[keep] + 1], axis=1).astype(np.int64),
-        features=features,
-    )
     return nuclei, luts
 
 
@@ -252,6 +359,9 @@ class TiledAIS:
     blocks : iterable of int, optional
         Post-process only these blocks (others are done elsewhere, e.g. by other workers);
         default all.
+    keep_results : bool
+        Keep each block's per-nucleus numbers for :meth:`finish`; False when ``on_result``
+        saves them elsewhere (memory then does not grow with the number of blocks).
     """
 
     def __init__(
@@ -263,8 +373,10 @@ class TiledAIS:
         out=None,
         on_result=None,
         blocks=None,
+        keep_results: bool = True,
     ) -> None:
         self.on_result = on_result
+        self.keep_results = keep_results
         self.grid = _Grid((int(shape[0]), int(shape[1])), _pair(tile_shape), _pair(halo))
         self.params = params
         self.out = np.zeros(self.grid.shape, dtype=np.uint32) if out is None else out
@@ -273,6 +385,7 @@ class TiledAIS:
         self._maps: dict[int, np.ndarray] = {}
         self._features: dict[int, np.ndarray | None] = {}
         self.results: dict[int, BlockResult] = {}  # labels are dropped once written to ``out``
+        self.done: set[int] = set()
         self.mine = set(range(self.n_blocks)) if blocks is None else set(blocks)
         self.nuclei: Nuclei | None = None
 
@@ -329,32 +442,44 @@ class TiledAIS:
             if self.on_result is not None:
                 self.on_result(result)
         result.labels = None  # held in ``out`` now
-        self.results[result.index] = result
-        for n in self.grid.neighbours(result.index):
+        if self.keep_results:
+            self.results[result.index] = result
+        self.mark_done(result.index)
+
+    def mark_done(self, index: int) -> None:
+        """Record block ``index`` as finished (e.g. by a previous run) and free the maps no
+        unfinished block needs any more."""
+        self.done.add(index)
+        for n in self.grid.neighbours(index):
             if all(self._settled(m) for m in self.grid.neighbours(n)):
                 self._maps.pop(n, None)
 
     def _settled(self, index: int) -> bool:
         """Done here, or not this job's to do."""
-        return index in self.results or index not in self.mine
+        return index in self.done or index not in self.mine
 
     def needed_tiles(self) -> list[int]:
         """Tiles whose maps the unfinished blocks of this job need, in raster order."""
-        return sorted({n for b in self.mine if b not in self.results for n in self.grid.neighbours(b)})
+        return sorted({n for b in self.mine if b not in self.done for n in self.grid.neighbours(b)})
 
     # ------------------------------------------------------------------ result
     def finish(self, target=None) -> int:
         """Merge the blocks by anchor, drop nuclei below ``min_size`` and write the final ids
-        1..N (ordered by anchor), block by block, into ``target`` (default: ``out`` itself, in
-        place); returns N. ``self.nuclei`` then holds the per-nucleus data (:class:`Nuclei`)."""
-        missing = self.n_blocks - len(self.results)
+        1..N (ordered by anchor), row of blocks by row (:func:`iter_merged`), into ``target``
+        (default: ``out`` itself, in place); returns N. ``self.nuclei`` then holds the
+        per-nucleus data (:class:`Nuclei`)."""
+        missing = self.n_blocks - len(self.done)
         if missing:
             raise RuntimeError(f"{missing} of {self.n_blocks} blocks have not been post-processed")
-        self.nuclei, luts = merge_blocks([self.results[i] for i in range(self.n_blocks)], self.params.min_size)
+        if len(self.results) < self.n_blocks:
+            raise RuntimeError("finish() needs the block results; this job was created with keep_results=False")
+        n_cols = self.grid.n_cols
         target = self.out if target is None else target
-        for tile in self.grid.tiles:
-            sl = tile_slices(tile.inner)
-            target[sl] = luts[tile.index][np.asarray(self.out[sl])]
+        chunks = [chunk for _, chunk in iter_merged(
+            self.grid.shape, self.grid.tile_shape,
+            lambda i: [self.results[i * n_cols + j] for j in range(n_cols)], self.out, target, self.params.min_size)]
+        first = self.results[0].features
+        self.nuclei = concat_nuclei(chunks, None if first is None else first.shape[1])
         return len(self.nuclei)
 
 

@@ -12,8 +12,11 @@ again continues from them (only the tiles around unfinished blocks are recompute
 same output as an uninterrupted run. A slide whose manifest exists with the same settings is
 skipped. Final files are written under temporary names and renamed when complete.
 
-Memory: the tiles of one batch, about two rows of tile maps (3 x 384 x 384 float32 each), and a
-few numbers per nucleus; the label image lives on disk (zarr) and is read block by block.
+Memory (bounded, whatever the slide's size and number of nuclei): up to five batches of tiles in
+flight between the overlapping read / model / post-processing stages, the tile maps of about two
+rows of a band of :data:`BAND_COLUMNS` tile columns (3 x 384 x 384 float32 each), and, while the
+outputs are written, the per-nucleus numbers of four rows of blocks (:func:`iter_merged`); the
+label image lives on disk (zarr) and is read block by block.
 
 Coordinates: the work grid is in model-resolution pixels; outputs (GeoJSON, table) are converted
 to full-resolution (level-0) slide pixels, x = column, y = row.
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..instances.tiled import AISParams, BlockResult, TiledAIS
+from ..instances.tiled import AISParams, BlockResult, Nuclei, TiledAIS, iter_merged
 from ..tiling import tile_grid
 from .slide import Slide, open_slide
 from .tissue import tile_has_tissue, tissue_mask
@@ -131,15 +134,14 @@ def _save_block(folder: Path, result: BlockResult) -> None:
                  **({} if result.features is None else {"features": result.features}))
 
 
-def _load_blocks(folder: Path) -> list[BlockResult]:
-    out = []
-    for f in sorted(folder.glob("*.npz")):
-        if ".partial" in f.name:
-            continue
-        with np.load(f) as z:
-            out.append(BlockResult(int(f.stem), None, z["anchors"], z["stats"],
-                                   z["features"] if "features" in z else None))
-    return out
+def _done_blocks(folder: Path) -> set[int]:
+    """Indices of the blocks saved in ``folder`` (complete files only)."""
+    return {int(f.stem) for f in folder.glob("*.npz") if ".partial" not in f.name}
+
+
+def _load_block(folder: Path, index: int) -> BlockResult:
+    with np.load(folder / f"{index}.npz") as z:
+        return BlockResult(index, None, z["anchors"], z["stats"], z["features"] if "features" in z else None)
 
 
 @dataclass
@@ -157,7 +159,7 @@ class _Plan:
     def work(self) -> Path:
         return self.out_dir / f"{self.name}.work"
 
-    def job(self, blocks=None, on_result=None) -> TiledAIS:
+    def job(self, blocks=None, on_result=None, keep_results: bool = True) -> TiledAIS:
         import zarr
 
         from ..automatic import postprocessing_halo
@@ -165,7 +167,7 @@ class _Plan:
         ts = self.options.tile_shape
         labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
         return TiledAIS(self.geom.shape, ts, postprocessing_halo(ts, self.options.halo), self.options.ais,
-                        out=labels, on_result=on_result, blocks=blocks)
+                        out=labels, on_result=on_result, blocks=blocks, keep_results=keep_results)
 
 
 def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
@@ -200,10 +202,13 @@ def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: st
 def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, bar=None,
                 stop_after: int | None = None) -> dict:
     """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
-    the work folder; computes the maps of the tiles around them (model only on tissue tiles)."""
-    from ..automatic import feed_tiles
+    the work folder; computes the maps of the tiles around them (model only on tissue tiles).
+    Reading, the model and post-processing run as three overlapping stages (:mod:`.stages`),
+    each at most two batches ahead of the next."""
+    from ..automatic import hand_over, run_tiles
     from ..image import prepare_input, to_rgb_uint8
     from ..semantic import N_CLASS_FEATURES
+    from .stages import background
 
     options, geom = plan.options, plan.geom
     own_slide = slide is None
@@ -217,52 +222,68 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
         if stop_after is not None and new_blocks[0] >= stop_after:
             raise KeyboardInterrupt(f"stopped after {stop_after} blocks (test hook)")
 
-    job = plan.job(blocks, on_result)
-    for r in _load_blocks(blocks_dir):
-        if r.index in job.mine:
-            job.put(r, labels_written=True)
-    resumed = len(job.results)
+    job = plan.job(blocks, on_result, keep_results=False)
+    resumed = 0
+    for i in _done_blocks(blocks_dir) & job.mine:
+        job.mark_done(i)
+        resumed += 1
     tiles = job.grid.tiles
     needed = job.needed_tiles()
     n_model = sum(plan.has_tissue[i] for i in needed)
-    t_model = t_read = 0.0
-    pending: list = []
+    seconds = {"read": 0.0, "model": 0.0}
 
-    def flush() -> None:
-        nonlocal t_model
-        if not pending:
-            return
-        t_model += feed_tiles(model, job, [p[0] for p in pending], [p[1] for p in pending], options.classes)
-        if bar is not None:
-            bar.update(len(pending))
-        pending.clear()
-
-    try:
+    def read_batches():
+        """Stage 1 (thread): read and prepare tissue tiles, in batches, in raster order."""
+        pending = []
         for i in needed:
-            tile = tiles[i]
             if plan.has_tissue[i]:
                 t0 = time.perf_counter()
-                rgb = geom.read(slide, tile.outer)
-                pending.append((tile, prepare_input(to_rgb_uint8(rgb, options.normalization))))
-                t_read += time.perf_counter() - t0
+                rgb = geom.read(slide, tiles[i].outer)
+                pending.append((tiles[i], prepare_input(to_rgb_uint8(rgb, options.normalization))))
+                seconds["read"] += time.perf_counter() - t0
                 if len(pending) >= options.batch_size:
-                    flush()
+                    yield pending
+                    pending = []
             else:
-                flush()  # keep raster order: earlier tissue tiles first
-                (r0, c0), (r1, c1) = tile.inner
-                background = np.ones((3, r1 - r0, c1 - c0), np.float32)
-                background[0] = 0  # no foreground; distances 1 (background value)
+                if pending:  # keep raster order: earlier tissue tiles first
+                    yield pending
+                    pending = []
+                yield tiles[i]
+        if pending:
+            yield pending
+
+    def compute():
+        """Stage 2 (thread): the model on tissue batches; background maps for the rest."""
+        for item in background(read_batches(), depth=2, name="pathosam-read"):
+            if isinstance(item, list):
+                inst, sem, sec = run_tiles(model, [p[1] for p in item], options.classes)
+                seconds["model"] += sec
+                yield [p[0] for p in item], inst, sem
+            else:
+                (r0, c0), (r1, c1) = item.inner
+                maps = np.ones((3, r1 - r0, c1 - c0), np.float32)
+                maps[0] = 0  # no foreground; distances 1 (background value)
                 feats = None
                 if options.classes:
                     feats = np.zeros((N_CLASS_FEATURES, r1 - r0, c1 - c0), np.float32)
                     feats[0] = 1  # background class: no votes, no shares
-                job.add(i, background, feats)
-                if bar is not None:
-                    bar.update(1)
-        flush()
+                yield item, maps, feats
+
+    try:
+        # stage 3 (here): block post-processing and saving, in the same order as without threads
+        for item in background(compute(), depth=2, name="pathosam-model"):
+            if isinstance(item[0], list):
+                hand_over(job, *item)
+                done = len(item[0])
+            else:
+                job.add(item[0].index, item[1], item[2])
+                done = 1
+            if bar is not None:
+                bar.update(done)
     finally:
         if own_slide:
             slide.close()
+    t_read, t_model = seconds["read"], seconds["model"]
     return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
             "read": t_read, "model": t_model, "new_blocks": new_blocks[0]}
 
@@ -271,7 +292,7 @@ def _column_bands(plan: _Plan, width: int | None = None) -> list[list[int]]:
     """The unfinished blocks in bands of ``width`` (default :data:`BAND_COLUMNS`) block columns
     (all rows), left to right."""
     width = width or BAND_COLUMNS
-    done = {r.index for r in _load_blocks(plan.work / "blocks")}
+    done = _done_blocks(plan.work / "blocks")
     grid = plan.job().grid
     bands = []
     for j0 in range(0, grid.n_cols, width):
@@ -288,7 +309,7 @@ def _run_distributed(plan: _Plan, model, client, rows_per_task: int | None, prog
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
-    done = {r.index for r in _load_blocks(plan.work / "blocks")}
+    done = _done_blocks(plan.work / "blocks")
     grid = plan.job().grid
     todo = [b for b in range(len(grid.tiles)) if b not in done]
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -323,8 +344,6 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
     """
     from ..automatic import image_name
     from ..io.atomic import atomic_write
-    from ..io.omezarr import build_pyramid, create_label_zarr
-    from ..io.table import write_table
 
     options = options or SlideOptions()
     out_dir = Path(out_dir)
@@ -358,21 +377,9 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         else:
             stats = _run_distributed(plan, model, client, rows_per_task, progress)
 
-        # merge all saved blocks and write the outputs under temporary names
+        # merge the saved blocks row by row, streaming the outputs under temporary names
         t_post0 = time.perf_counter()
-        job = plan.job()
-        for r in _load_blocks(plan.work / "blocks"):
-            job.put(r, labels_written=True)
-        geom = plan.geom
-        zarr_path = out_dir / f"{name}.ome.zarr"
-        with atomic_write(zarr_path) as tmp:
-            _, arrays = create_label_zarr(tmp, geom.shape, options.tile_shape,
-                                          options.target_mpp or options.mpp or slide.mpp)
-            n = job.finish(target=arrays[0])
-            build_pyramid(arrays)
-            table = _table(job.nuclei, geom, job, options)
-            _write_geojson(out_dir / f"{name}.geojson.gz", arrays[0], job.nuclei, table, geom, name, progress)
-        write_table(table, parquet_path=out_dir / f"{name}.parquet")
+        n = _write_outputs(plan, out_dir, name, options.target_mpp or options.mpp or slide.mpp, progress)
         from PIL import Image
 
         with atomic_write(out_dir / f"{name}.tissue.png") as tmp:
@@ -387,8 +394,67 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         return manifest
 
 
-def _table(nuclei, geom: Geometry, job: TiledAIS, options: SlideOptions):
-    """Per-nucleus table in level-0 pixels (and um when the pixel size is known)."""
+def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, progress: bool) -> int:
+    """Merge the saved blocks one row of blocks at a time (:func:`iter_merged`) and stream the
+    label pyramid, the Parquet table and the GeoJSON; returns the number of nuclei. Memory: a few
+    rows of block results and one row of blocks of labels, whatever the number of nuclei."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zarr
+    from tqdm.auto import tqdm
+
+    from ..io.atomic import atomic_write
+    from ..io.geojson import write_features
+    from ..io.omezarr import build_pyramid, create_label_zarr
+
+    geom, options = plan.geom, plan.options
+    th, tw = options.tile_shape
+    n_rows, n_cols = -(-geom.shape[0] // th), -(-geom.shape[1] // tw)
+    blocks_dir = plan.work / "blocks"
+    source = zarr.open_array(str(plan.work / "labels.zarr"), mode="r")
+    schema = _table_schema(options)
+    count = 0
+    with atomic_write(out_dir / f"{name}.ome.zarr") as tmp_zarr, \
+            atomic_write(out_dir / f"{name}.parquet") as tmp_table:
+        _, arrays = create_label_zarr(tmp_zarr, geom.shape, options.tile_shape, mpp)
+        writer = pq.ParquetWriter(tmp_table, schema)
+
+        def features():
+            nonlocal count
+            merged = iter_merged(geom.shape, options.tile_shape,
+                                 lambda i: [_load_block(blocks_dir, i * n_cols + j) for j in range(n_cols)],
+                                 source, arrays[0], options.ais.min_size)
+            for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
+                                     disable=not progress):
+                table = _table(chunk, first, geom, n_cols, options)
+                writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))
+                count += len(chunk)
+                yield from _features(arrays[0], chunk, first, table, geom, name)
+
+        try:
+            write_features(out_dir / f"{name}.geojson.gz", features(), progress=False)
+        finally:
+            writer.close()
+        build_pyramid(arrays)
+    return count
+
+
+def _table_schema(options: SlideOptions):
+    import pyarrow as pa
+
+    cols = [("id", pa.uint32()), ("centroid_x", pa.float64()), ("centroid_y", pa.float64()),
+            ("area", pa.float64()), ("bbox_x0", pa.int64()), ("bbox_y0", pa.int64()), ("bbox_x1", pa.int64()),
+            ("bbox_y1", pa.int64()), ("tile", pa.int64())]
+    if options.target_mpp:
+        cols.append(("area_um2", pa.float64()))
+    if options.classes:
+        cols += [("class_id", pa.int64()), ("class_name", pa.string()), ("class_probability", pa.float64())]
+    return pa.schema(cols)
+
+
+def _table(nuclei: Nuclei, first: int, geom: Geometry, n_cols: int, options: SlideOptions):
+    """Per-nucleus table rows (ids ``first..``) in level-0 pixels (and um^2 when the pixel size
+    is known); ``tile`` = the block holding the nucleus' anchor."""
     import pandas as pd
 
     from ..semantic import CLASS_NAMES, classes_from_sums
@@ -397,67 +463,58 @@ def _table(nuclei, geom: Geometry, job: TiledAIS, options: SlideOptions):
     cx, cy = geom.to_level0(nuclei.centroid[:, 0] + 0.5, nuclei.centroid[:, 1] + 0.5)
     bx0, by0 = geom.to_level0(nuclei.bbox[:, 0], nuclei.bbox[:, 1])
     bx1, by1 = geom.to_level0(nuclei.bbox[:, 2], nuclei.bbox[:, 3])
-    W = geom.shape[1]
-    owner = (nuclei.anchor // W // job.grid.tile_shape[0]) * job.grid.n_cols + (nuclei.anchor % W) // job.grid.tile_shape[1]
+    th, tw = options.tile_shape
+    row, col = np.divmod(nuclei.anchor, geom.shape[1])
     df = pd.DataFrame({
-        "id": np.arange(1, n + 1, dtype=np.uint32),
+        "id": np.arange(first, first + n, dtype=np.uint32),
         "centroid_x": cx, "centroid_y": cy,
         "area": nuclei.area / geom.scale**2,  # level-0 px
         "bbox_x0": np.floor(bx0).astype(np.int64), "bbox_y0": np.floor(by0).astype(np.int64),
         "bbox_x1": np.ceil(bx1).astype(np.int64), "bbox_y1": np.ceil(by1).astype(np.int64),
-        "tile": owner.astype(np.int64),
+        "tile": ((row // th) * n_cols + col // tw).astype(np.int64),
     })
     if options.target_mpp:
         df["area_um2"] = nuclei.area * options.target_mpp**2
     if options.classes:
         classes, probs = classes_from_sums(nuclei.features)
-        df["class_id"] = classes[1:]
+        df["class_id"] = classes[1:].astype(np.int64)
         df["class_name"] = [CLASS_NAMES.get(int(c), "") for c in classes[1:]]
         df["class_probability"] = probs[1:]
     return df
 
 
-def _write_geojson(path: Path, labels, nuclei, table, geom: Geometry, name: str, progress: bool) -> None:
-    """Stream one Feature per nucleus, block by block: each nucleus is traced once, by the block
-    that holds its anchor, from its bounding box in the final label array."""
-    from ..io.geojson import make_feature, write_features
+def _features(labels, nuclei: Nuclei, first: int, table, geom: Geometry, name: str):
+    """One QuPath Feature per nucleus of the chunk (ids ``first..``), traced from the final
+    label array within the chunk's bounding box, in level-0 pixel-corner coordinates."""
+    from ..io.geojson import make_feature
     from ..io.polygons import trace_mask
 
-    owner = table["tile"].to_numpy()
-    order = np.argsort(owner, kind="stable")
+    if not len(nuclei):
+        return
     classes = table["class_name"].tolist() if "class_name" in table else None
     probs = table["class_probability"].to_numpy() if "class_probability" in table else None
     area = table["area"].to_numpy()
     cx, cy = table["centroid_x"].to_numpy(), table["centroid_y"].to_numpy()
-
-    def features():
-        start = 0
-        while start < len(order):
-            b = owner[order[start]]
-            stop = start + int(np.searchsorted(owner[order[start:]], b, side="right"))
-            ids = order[start:stop]  # 0-based nucleus indices owned by block b
-            lo = nuclei.bbox[ids, :2].min(axis=0)
-            hi = nuclei.bbox[ids, 2:].max(axis=0)
-            region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
-            for k in ids:
-                r0, c0, r1, c1 = nuclei.bbox[k] - np.array([lo[0], lo[1], lo[0], lo[1]])
-                m = np.zeros((r1 - r0 + 2, c1 - c0 + 2), bool)
-                m[1:-1, 1:-1] = region[r0:r1, c0:c1] == k + 1
-                parts = []
-                for shell, holes in trace_mask(m):
-                    conv = []
-                    for ring in (shell, *holes):
-                        x, y = geom.to_level0(ring[:, 1] + nuclei.bbox[k, 0] - 1, ring[:, 0] + nuclei.bbox[k, 1] - 1)
-                        conv.append(np.round(np.stack([x, y], axis=1), 3))
-                    parts.append((conv[0], conv[1:]))
-                meas = {"Label id": int(k + 1), "Area px": float(area[k]), "Centroid X px": round(float(cx[k]), 3),
-                        "Centroid Y px": round(float(cy[k]), 3)}
-                if probs is not None:
-                    meas["Class probability"] = round(float(probs[k]), 6)
-                yield make_feature(int(k + 1), parts, "detection", classes[k] if classes else "", meas, name)
-            start = stop
-
-    write_features(path, features(), total=len(nuclei), progress=progress)
+    lo = nuclei.bbox[:, :2].min(axis=0)
+    hi = nuclei.bbox[:, 2:].max(axis=0)
+    region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
+    for k in range(len(nuclei)):
+        label = first + k
+        r0, c0, r1, c1 = nuclei.bbox[k] - np.array([lo[0], lo[1], lo[0], lo[1]])
+        m = np.zeros((r1 - r0 + 2, c1 - c0 + 2), bool)
+        m[1:-1, 1:-1] = region[r0:r1, c0:c1] == label
+        parts = []
+        for shell, holes in trace_mask(m):
+            conv = []
+            for ring in (shell, *holes):
+                x, y = geom.to_level0(ring[:, 1] + nuclei.bbox[k, 0] - 1, ring[:, 0] + nuclei.bbox[k, 1] - 1)
+                conv.append(np.round(np.stack([x, y], axis=1), 3))
+            parts.append((conv[0], conv[1:]))
+        meas = {"Label id": int(label), "Area px": float(area[k]), "Centroid X px": round(float(cx[k]), 3),
+                "Centroid Y px": round(float(cy[k]), 3)}
+        if probs is not None:
+            meas["Class probability"] = round(float(probs[k]), 6)
+        yield make_feature(int(label), parts, "detection", classes[k] if classes else "", meas, name)
 
 
 def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seconds: dict, thumb_ds: float,
