@@ -195,6 +195,29 @@ def _ais_untiled(model, image, params: AISParams, classes: bool, normalization) 
     return out
 
 
+def decoder_maps(model, image: np.ndarray, tile_shape="auto", halo=None, what: str = "instance",
+                 batch_size: int = 1, normalization: Normalization = "none") -> np.ndarray:
+    """The decoder maps of a whole image, float32 (C, H, W): untiled, or the inner blocks of the
+    tiles' maps pasted together (the reference's stitching). For images that fit in memory
+    (evaluation, grid search); :func:`segment_nuclei` streams instead."""
+    check_image(image)
+    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo)
+    if ts is None:
+        tensor, in_size, orig = prepare_input(to_rgb_uint8(image, normalization))
+        return model.decode(model.encode([tensor]), [in_size], [orig], what)[0]
+    tiles = tile_grid(image.shape[:2], ts, hl)
+    out = None
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        inputs = [prepare_input(to_rgb_uint8(image[tile_slices(t.outer)], normalization)) for t in batch]
+        tensors, in_sizes, origs = zip(*inputs)
+        for t, m in zip(batch, model.decode(model.encode(list(tensors)), in_sizes, origs, what)):
+            if out is None:
+                out = np.zeros((m.shape[0], *image.shape[:2]), np.float32)
+            out[(slice(None), *tile_slices(t.inner))] = m[(slice(None), *tile_slices(t.inner_local))]
+    return out
+
+
 def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int]) -> tuple[int, int]:
     """Context (rows, cols) of the block-wise AIS post-processing: the tiling halo, at least
     32 px (seam-free stitching needs context) and at most the tile shape."""

@@ -506,6 +506,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve, served=None)
 
 
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .evaluation.command import add_evaluate_parser
+
+    add_evaluate_parser(subparsers)
+
+
 # ---------------------------------------------------------------------------------------------
 
 #: Top-level commands, in help order. Each adds its subparser and sets ``handler``.
@@ -514,6 +520,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
     add_embed_parser,
     add_serve_parser,
+    _add_evaluate_parser,
 ]
 
 

@@ -209,6 +209,93 @@ class PathoSAM:
         full = Sam.postprocess_masks(low_res, in_size, orig)
         return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        emb: ImageEmbeddings,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+        index: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment B objects in one mask-decoder call (same result as B calls of :meth:`predict`).
+
+        The image embedding is shared by all B prompts (SAM's batched ``predict_torch``); every
+        object must have the same number of points.
+
+        Parameters
+        ----------
+        emb : ImageEmbeddings
+            Untiled embedding (or tiled, with tile ``index``); prompts are in that entry's pixels.
+        points : numpy.ndarray, optional
+            (B, N, 2) point coordinates, (x, y) order, pixels.
+        point_labels : numpy.ndarray, optional
+            (B, N) 1 = object, 0 = background; required with ``points``.
+        boxes : numpy.ndarray, optional
+            (B, 4) boxes (x0, y0, x1, y1), pixels.
+        mask_input : numpy.ndarray, optional
+            (B, 1, 256, 256) or (B, 256, 256) low-res logits from a previous call.
+        multimask : bool
+            Predict SAM's three masks per object instead of one.
+        index : int
+            Tile index of a tiled embedding (0 when untiled).
+
+        Returns
+        -------
+        masks : numpy.ndarray
+            (B, C, H, W) bool at the entry's original size (H, W); C = 3 with ``multimask`` else 1.
+        iou : numpy.ndarray
+            (B, C) float32 predicted IoUs.
+        low_res : numpy.ndarray
+            (B, C, 256, 256) float32 low-res logits.
+        """
+        orig = emb.original_sizes[index]
+        in_size = emb.input_sizes[index]
+        dev = self.device
+        sizes = []
+        pts = None
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64)
+            if coords.ndim != 3 or coords.shape[2] != 2:
+                raise ValueError(f"points must be (B, N, 2) (x, y), got shape {coords.shape}")
+            if point_labels is None:
+                raise ValueError("point_labels are required with points")
+            labels = np.asarray(point_labels)
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(f"point_labels must be (B, N) = {coords.shape[:2]}, got shape {labels.shape}")
+            coords = transform_coords(coords, orig)
+            pts = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
+                   torch.as_tensor(labels, dtype=torch.int64, device=dev))
+            sizes.append(coords.shape[0])
+        tboxes = None
+        if boxes is not None:
+            b = np.asarray(boxes, dtype=np.float64)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes must be (B, 4) (x0, y0, x1, y1), got shape {b.shape}")
+            b = transform_coords(b.reshape(-1, 2, 2), orig).reshape(-1, 4)
+            tboxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
+            sizes.append(b.shape[0])
+        tmasks = None
+        if mask_input is not None:
+            m = np.asarray(mask_input, dtype=np.float32)
+            tmasks = torch.as_tensor(m, device=dev).reshape(-1, 1, 256, 256)
+            sizes.append(tmasks.shape[0])
+        if not sizes:
+            raise ValueError("give at least one prompt: points, boxes or mask_input")
+        if len(set(sizes)) != 1:
+            raise ValueError(f"points, boxes and mask_input disagree on the batch size: {sizes}")
+        sparse, dense = self.sam.prompt_encoder(pts, tboxes, tmasks)
+        feats = torch.from_numpy(emb.feature(index)).to(dev)
+        low_res, iou = self.sam.mask_decoder(
+            feats, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=multimask
+        )
+        # upscale one object at a time: (B, C, 1024, 1024) floats at once would be large
+        masks = np.stack([(Sam.postprocess_masks(low_res[j : j + 1], in_size, orig)[0] > 0).cpu().numpy()
+                          for j in range(low_res.shape[0])])
+        return masks, iou.float().cpu().numpy(), low_res.float().cpu().numpy()
+
 
 def load_model(
     model: str | os.PathLike = "vit_b_histopathology",
