@@ -1,8 +1,10 @@
 """Image embeddings: untiled or tiled (tile + halo), batched, optionally cached in zarr.
 
-An untiled embedding is one (1, 256, 64, 64) array; a tiled one holds (n_tiles, 256, 64, 64),
-one per outer block of :func:`pathosam.tiling.tile_grid`, each computed from that block alone
-(resized to 1024 on its longest side, normalised per tile in ``minmax`` mode).
+An untiled embedding is one (1, C, h, w) array; a tiled one holds (n_tiles, C, h, w), one per
+outer block of :func:`pathosam.tiling.tile_grid`, each computed from that block alone (resized to
+the model input size on its longest side, normalised per tile in ``minmax`` mode). (C, h, w) is
+the model's embedding shape: (256, 64, 64) for SAM's 1024 input, (256, 32, 32) for a 512 input;
+it and the input size are part of a cache's signature, so caches of different models never mix.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from .image import NORMALIZATIONS, Normalization, check_image, prepare_input, to
 from .tiling import Tile, tile_grid, tile_slices
 
 CACHE_FORMAT = "pathosam-embeddings-1"
+#: Embedding shape (C, h, w) and input size of SAM (and of caches written before they were recorded).
+SAM_FEATURE_SHAPE = (256, 64, 64)
+SAM_IMG_SIZE = 1024
 
 
 @dataclass
 class ImageEmbeddings:
     """Embeddings of one image.
 
-    ``features``: (n, 256, 64, 64) float32 (numpy or zarr array); n = 1 when untiled.
+    ``features``: (n, C, h, w) float32 (numpy or zarr array), (n, 256, 64, 64) for SAM; n = 1
+    when untiled.
     ``input_sizes`` / ``original_sizes``: per entry, (H, W) after resizing / of the block.
     ``tiles``: the tile grid (None when untiled). ``image_shape``: (H, W) of the full image.
     """
@@ -48,8 +54,13 @@ class ImageEmbeddings:
     def __len__(self) -> int:
         return len(self.input_sizes)
 
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """(C, h, w) of one entry's embedding ((256, 64, 64) for SAM)."""
+        return tuple(int(s) for s in self.features.shape[1:])
+
     def feature(self, i: int) -> np.ndarray:
-        """(1, 256, 64, 64) embedding of entry ``i``."""
+        """(1, C, h, w) embedding of entry ``i`` ((1, 256, 64, 64) for SAM)."""
         return np.asarray(self.features[i : i + 1])
 
 
@@ -60,7 +71,8 @@ def image_signature(rgb: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _signature(image: np.ndarray, model_id: str, tile_shape, halo, normalization: str) -> dict:
+def _signature(image: np.ndarray, model_id: str, tile_shape, halo, normalization: str,
+               img_size: int = SAM_IMG_SIZE, feature_shape=SAM_FEATURE_SHAPE) -> dict:
     return {
         "format": CACHE_FORMAT,
         "image": image_signature(image),
@@ -69,6 +81,8 @@ def _signature(image: np.ndarray, model_id: str, tile_shape, halo, normalization
         "tile_shape": list(tile_shape) if tile_shape else None,
         "halo": list(halo) if halo else None,
         "normalization": normalization,
+        "img_size": int(img_size),
+        "feature_shape": [int(s) for s in feature_shape],
     }
 
 
@@ -82,9 +96,14 @@ def compute_embeddings(
     normalization: Normalization = "none",
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    *,
+    img_size: int = SAM_IMG_SIZE,
+    feature_shape: tuple[int, int, int] = SAM_FEATURE_SHAPE,
 ) -> ImageEmbeddings:
-    """Embed ``image`` with ``encode`` ((B, 3, h, w) 0..255 list -> (B, 256, 64, 64)).
+    """Embed ``image`` with ``encode`` ((B, 3, h, w) 0..255 list -> (B, *feature_shape)).
 
+    ``img_size`` is the model input size (blocks are resized to it on their longest side) and
+    ``feature_shape`` the (C, h, w) the encoder returns: SAM's 1024 and (256, 64, 64) by default.
     With ``cache``, a zarr store is read if its signature matches (else a clear error) and
     written (to a temporary name, then renamed) if absent.
     """
@@ -103,7 +122,8 @@ def compute_embeddings(
     rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
     H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo) if tile_shape is not None else None
-    sig = _signature(image, model_id, tile_shape, halo, normalization)
+    feature_shape = tuple(int(s) for s in feature_shape)
+    sig = _signature(image, model_id, tile_shape, halo, normalization, img_size, feature_shape)
     if cache is not None and Path(cache).exists():
         return load_cache(cache, sig)
 
@@ -113,24 +133,25 @@ def compute_embeddings(
     # written under a temporary name and renamed into place only when complete; without one,
     # features are held in memory.
     if cache is None:
-        features = np.empty((n, 256, 64, 64), dtype=np.float32)
+        features = np.empty((n, *feature_shape), dtype=np.float32)
         input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, features, batch_size,
-                                                     normalization, progress, bool(tiles))
+                                                     normalization, progress, bool(tiles), img_size)
         return ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
                                halo and tuple(halo), tiles, normalization, sig)
     from .io.atomic import atomic_write
 
     with atomic_write(cache) as tmp:
-        store = _new_store(tmp, n)
+        store = _new_store(tmp, n, feature_shape)
         input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, store["features"],
-                                                     batch_size, normalization, progress, bool(tiles))
+                                                     batch_size, normalization, progress, bool(tiles), img_size)
         store.attrs["signature"] = sig
         store.attrs["input_sizes"] = [list(x) for x in input_sizes]
         store.attrs["original_sizes"] = [list(x) for x in original_sizes]
     return load_cache(cache, sig)
 
 
-def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled):
+def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled,
+                   img_size=SAM_IMG_SIZE):
     """Encode the image ``blocks`` in batches into ``features``; returns input and original sizes."""
     from tqdm.auto import tqdm
 
@@ -141,22 +162,27 @@ def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normal
         batch = []
         for sl in blocks[start : start + batch_size]:
             rgb = to_rgb_uint8(image[sl], normalization) if normalization == "minmax" else rgb_full[sl]
-            tensor, in_size, orig = prepare_input(rgb)
+            tensor, in_size, orig = prepare_input(rgb, img_size)
             batch.append(tensor)
             input_sizes.append(in_size)
             original_sizes.append(orig)
-        features[start : start + len(batch)] = encode(batch)
+        out = encode(batch)
+        if tuple(out.shape[1:]) != tuple(features.shape[1:]):
+            raise ValueError(f"the encoder returned embeddings of shape {tuple(out.shape[1:])}, "
+                             f"expected {tuple(features.shape[1:])}")
+        features[start : start + len(batch)] = out
         bar.update(len(batch))
     bar.close()
     return input_sizes, original_sizes
 
 
-def _new_store(path: str | os.PathLike, n: int):
-    """A fresh zarr group at ``path`` with an (n, 256, 64, 64) float32 array."""
+def _new_store(path: str | os.PathLike, n: int, feature_shape=SAM_FEATURE_SHAPE):
+    """A fresh zarr group at ``path`` with an (n, *feature_shape) float32 array."""
     import zarr
 
+    feature_shape = tuple(int(s) for s in feature_shape)
     root = zarr.open_group(str(path), mode="w")
-    root.create_array("features", shape=(n, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32")
+    root.create_array("features", shape=(n, *feature_shape), chunks=(1, *feature_shape), dtype="float32")
     return root
 
 
@@ -167,8 +193,13 @@ def load_cache(path: str | os.PathLike, expected: dict) -> ImageEmbeddings:
     try:
         root = zarr.open_group(str(path), mode="r")
         sig = dict(root.attrs["signature"])
+        stored_shape = [int(s) for s in root["features"].shape[1:]]
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"{path}: not a pathosam embedding cache ({err})") from None
+    # caches written before the input size / embedding shape were recorded are SAM's (1024);
+    # the shape of the stored array is what counts in any case
+    sig.setdefault("img_size", SAM_IMG_SIZE)
+    sig["feature_shape"] = stored_shape
     if sig != expected:
         diff = [k for k in expected if sig.get(k) != expected[k]]
         raise ValueError(

@@ -2,8 +2,9 @@
 
 Every image enters through :func:`to_rgb_uint8` (HxW, HxWx1/2/3/4 of any integer or float
 dtype -> RGB uint8 HxWx3) and reaches the model through :func:`prepare_input` (resize of the
-longest side to 1024 with PIL bilinear, exactly as SAM's ``ResizeLongestSide``). SAM's
-mean/std normalisation and zero padding happen in :meth:`pathosam.models.sam.Sam.preprocess`.
+longest side to the model input size, 1024 for SAM (``PathoSAM.img_size``), with PIL bilinear,
+exactly as SAM's ``ResizeLongestSide``). SAM's mean/std normalisation and zero padding happen in
+:meth:`pathosam.models.sam.Sam.preprocess`.
 
 Normalisation modes (``normalization=``):
   * ``"none"`` (default): RGB uint8 passes unchanged, as PathoSAM was trained and evaluated
@@ -93,15 +94,21 @@ def resize_longest_side(image: np.ndarray, long_side: int = LONG_SIDE) -> np.nda
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def prepare_input(rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """RGB uint8 (H, W, 3) -> float (3, h, w) 0..255 tensor, ``input_size`` (h, w), ``original_size`` (H, W)."""
-    resized = resize_longest_side(rgb)
+def prepare_input(
+    rgb: np.ndarray, long_side: int = LONG_SIDE
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """RGB uint8 (H, W, 3) -> float (3, h, w) 0..255 tensor, ``input_size`` (h, w), ``original_size`` (H, W).
+
+    ``long_side``: the model input size (``PathoSAM.img_size``; 1024 for SAM).
+    """
+    resized = resize_longest_side(rgb, long_side)
     tensor = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).float()
     return tensor, (resized.shape[0], resized.shape[1]), (rgb.shape[0], rgb.shape[1])
 
 
 def transform_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int = LONG_SIDE) -> np.ndarray:
-    """Map (..., 2) (x, y) pixel coordinates of an ``original_size`` (H, W) image to model space."""
+    """Map (..., 2) (x, y) pixel coordinates of an ``original_size`` (H, W) image to model space
+    (``long_side`` = the model input size, 1024 for SAM)."""
     h, w = original_size
     nh, nw = preprocess_shape(h, w, long_side)
     out = np.array(coords, dtype=np.float64, copy=True)

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from .embeddings import ImageEmbeddings, compute_embeddings
-from .image import Normalization, transform_coords
+from .image import Normalization, prepare_input, transform_coords
 from .models.checkpoint import CheckpointError, decoder_flavour, read_checkpoint
 from .models.sam import Sam, build_sam, config_from_state_dict
-from .models.unetr import BNMode, UNETRDecoder, postprocess_maps
+from .models.unetr import (BNMode, UNETRDecoder, embed_dim_from_state_dict, features_from_state_dict,
+                           postprocess_maps)
 from .tiling import tile_slices
 
 
@@ -31,10 +32,24 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def build_decoder(state: dict[str, torch.Tensor], final_activation: str | None = "sigmoid") -> UNETRDecoder:
-    """Build a UNETR decoder with the flavour and channel count found in ``state`` and load it."""
+    """Build a UNETR decoder with the flavour, channel count and widths found in ``state`` and load it.
+
+    The widths (``features``, coarse to fine) are the output channels of ``deconv1..4``'s convs
+    and the embedding channels those of ``base``'s first conv: the reference decoder has
+    (512, 256, 128, 64) on 256 channels, a narrower one smaller tensors under the same keys.
+    """
     transposed, out_channels = decoder_flavour(state)
-    decoder = UNETRDecoder(out_channels, transposed, final_activation=final_activation)
-    missing, unexpected = decoder.load_state_dict(state, strict=False)
+    try:
+        features = features_from_state_dict(state)
+        embed_dim = embed_dim_from_state_dict(state)
+        decoder = UNETRDecoder(out_channels, transposed, embed_dim=embed_dim, final_activation=final_activation,
+                               features=features)
+    except ValueError as err:
+        raise CheckpointError(f"decoder weights: {err}") from None
+    try:
+        missing, unexpected = decoder.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"decoder weights do not fit a UNETR decoder of widths {features}: {err}") from None
     if missing:
         raise CheckpointError(f"decoder weights are missing {len(missing)} keys, e.g. {missing[:3]}")
     return decoder.eval()
@@ -78,10 +93,30 @@ class PathoSAM:
             return [write_model_and_decoder(sam, dec, path)]
         raise ValueError(f"layout must be 'released' or 'model_and_decoder', got {layout!r}")
 
+    # ------------------------------------------------------------------ geometry
+    @property
+    def img_size(self) -> int:
+        """Model input size: images (tiles) are resized to this longest side (1024 for SAM)."""
+        return self.sam.img_size
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one image embedding: (256, img_size / 16, img_size / 16); (256, 64, 64) for SAM."""
+        return self.sam.embedding_shape
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """(h, w) of mask prompts / low-res logits: 4 x the embedding grid, (256, 256) for SAM."""
+        return self.sam.mask_input_size
+
+    def prepare_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """:func:`pathosam.image.prepare_input` at this model's input size."""
+        return prepare_input(rgb, self.img_size)
+
     # ------------------------------------------------------------------ embeddings
     @torch.inference_mode()
     def encode(self, batch: list[torch.Tensor]) -> torch.Tensor:
-        """Embeddings (B, 256, 64, 64) on the model's device of prepared inputs (``prepare_input``)."""
+        """Embeddings (B, *embedding_shape) on the model's device of prepared inputs (:meth:`prepare_input`)."""
         x = torch.cat([self.sam.preprocess(t.to(self.device)[None]) for t in batch])
         return self.sam.image_encoder(x).float()
 
@@ -100,7 +135,8 @@ class PathoSAM:
     ) -> ImageEmbeddings:
         """Image embeddings, untiled (``tile_shape=None``) or tiled with ``halo`` (rows, cols)."""
         return compute_embeddings(
-            self._encode, image, self.model_id, tile_shape, halo, batch_size, normalization, cache, progress
+            self._encode, image, self.model_id, tile_shape, halo, batch_size, normalization, cache, progress,
+            img_size=self.img_size, feature_shape=self.embedding_shape,
         )
 
     # ------------------------------------------------------------------ decoder maps
@@ -108,7 +144,7 @@ class PathoSAM:
         self, features: np.ndarray | torch.Tensor, input_sizes, original_sizes, what: str = "instance",
         bn_mode: BNMode = "per_tile",
     ) -> list[np.ndarray]:
-        """Decoder maps of a batch of embeddings (B, 256, 64, 64), one float32 (C, h, w) array per
+        """Decoder maps of a batch of embeddings (B, *embedding_shape), one float32 (C, h, w) array per
         item at its ``original_sizes[i]`` (H, W); ``what`` = "instance" (C=3) or "semantic" (C=6)."""
         decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
@@ -175,12 +211,14 @@ class PathoSAM:
 
         ``points``: (N, 2) (x, y) pixels; ``point_labels``: (N,) 1 = object, 0 = background;
         ``box``: (x0, y0, x1, y1) pixels; ``mask_input``: (1, 256, 256) low-res logits from a
-        previous call. Returns masks (C, H, W) bool, IoU predictions (C,), low-res logits
-        (C, 256, 256); C = 3 with ``multimask`` else 1.
+        previous call (``(1, *mask_input_size)``). Returns masks (C, H, W) bool, IoU predictions
+        (C,), low-res logits (C, 256, 256) (``mask_input_size``); C = 3 with ``multimask`` else 1.
         """
         orig = emb.original_sizes[index]
         in_size = emb.input_sizes[index]
         dev = self.device
+        size = self.img_size
+        low = self.mask_input_size
         pts = None
         if points is not None:
             coords = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -189,16 +227,16 @@ class PathoSAM:
             labels = np.asarray(point_labels).reshape(-1)
             if len(labels) != len(coords):
                 raise ValueError(f"{len(coords)} points but {len(labels)} point_labels")
-            coords = transform_coords(coords, orig)
+            coords = transform_coords(coords, orig, size)
             pts = (torch.as_tensor(coords, dtype=torch.float32, device=dev)[None],
                    torch.as_tensor(labels, dtype=torch.int64, device=dev)[None])
         boxes = None
         if box is not None:
-            b = transform_coords(np.asarray(box, dtype=np.float64).reshape(2, 2), orig).reshape(1, 4)
+            b = transform_coords(np.asarray(box, dtype=np.float64).reshape(2, 2), orig, size).reshape(1, 4)
             boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
         masks = None
         if mask_input is not None:
-            masks = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=dev).reshape(1, 1, 256, 256)
+            masks = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=dev).reshape(1, 1, *low)
         if pts is None and boxes is None and masks is None:
             raise ValueError("give at least one prompt: points, box or mask_input")
         sparse, dense = self.sam.prompt_encoder(pts, boxes, masks)
@@ -206,7 +244,7 @@ class PathoSAM:
         low_res, iou = self.sam.mask_decoder(
             feats, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=multimask
         )
-        full = Sam.postprocess_masks(low_res, in_size, orig)
+        full = Sam.postprocess_masks(low_res, in_size, orig, size)
         return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
     @torch.inference_mode()
@@ -236,7 +274,8 @@ class PathoSAM:
         boxes : numpy.ndarray, optional
             (B, 4) boxes (x0, y0, x1, y1), pixels.
         mask_input : numpy.ndarray, optional
-            (B, 1, 256, 256) or (B, 256, 256) low-res logits from a previous call.
+            (B, 1, 256, 256) or (B, 256, 256) low-res logits from a previous call
+            (``mask_input_size`` for models of another input size).
         multimask : bool
             Predict SAM's three masks per object instead of one.
         index : int
@@ -249,11 +288,12 @@ class PathoSAM:
         iou : numpy.ndarray
             (B, C) float32 predicted IoUs.
         low_res : numpy.ndarray
-            (B, C, 256, 256) float32 low-res logits.
+            (B, C, 256, 256) float32 low-res logits (``mask_input_size``).
         """
         orig = emb.original_sizes[index]
         in_size = emb.input_sizes[index]
         dev = self.device
+        size = self.img_size
         sizes = []
         pts = None
         if points is not None:
@@ -265,7 +305,7 @@ class PathoSAM:
             labels = np.asarray(point_labels)
             if labels.shape != coords.shape[:2]:
                 raise ValueError(f"point_labels must be (B, N) = {coords.shape[:2]}, got shape {labels.shape}")
-            coords = transform_coords(coords, orig)
+            coords = transform_coords(coords, orig, size)
             pts = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
                    torch.as_tensor(labels, dtype=torch.int64, device=dev))
             sizes.append(coords.shape[0])
@@ -274,13 +314,13 @@ class PathoSAM:
             b = np.asarray(boxes, dtype=np.float64)
             if b.ndim != 2 or b.shape[1] != 4:
                 raise ValueError(f"boxes must be (B, 4) (x0, y0, x1, y1), got shape {b.shape}")
-            b = transform_coords(b.reshape(-1, 2, 2), orig).reshape(-1, 4)
+            b = transform_coords(b.reshape(-1, 2, 2), orig, size).reshape(-1, 4)
             tboxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
             sizes.append(b.shape[0])
         tmasks = None
         if mask_input is not None:
             m = np.asarray(mask_input, dtype=np.float32)
-            tmasks = torch.as_tensor(m, device=dev).reshape(-1, 1, 256, 256)
+            tmasks = torch.as_tensor(m, device=dev).reshape(-1, 1, *self.mask_input_size)
             sizes.append(tmasks.shape[0])
         if not sizes:
             raise ValueError("give at least one prompt: points, boxes or mask_input")
@@ -292,13 +332,13 @@ class PathoSAM:
             feats, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=multimask
         )
         # upscale one object at a time: (B, C, 1024, 1024) floats at once would be large
-        masks = np.stack([(Sam.postprocess_masks(low_res[j : j + 1], in_size, orig)[0] > 0).cpu().numpy()
+        masks = np.stack([(Sam.postprocess_masks(low_res[j : j + 1], in_size, orig, size)[0] > 0).cpu().numpy()
                           for j in range(low_res.shape[0])])
         return masks, iou.float().cpu().numpy(), low_res.float().cpu().numpy()
 
 
 def load_model(
-    model: str | os.PathLike = "vit_b_histopathology",
+    model: str | os.PathLike = "pathosam_small",
     decoder: str | os.PathLike | None = None,
     semantic_decoder: str | os.PathLike | bool | None = None,
     device: str | torch.device | None = None,
@@ -306,7 +346,8 @@ def load_model(
 ) -> PathoSAM:
     """Load a model by registry name (downloaded/cached) or from reference checkpoint files.
 
-    ``model``: registry name (``pathosam models list``) or a file in any reference layout (a
+    ``model``: registry name (``pathosam models list``; default the small model shipped with
+    the package, ``"vit_b_histopathology"`` for the published PathoSAM) or a file in any reference layout (a
     training checkpoint or ``{model_state, decoder_state}`` file brings its decoder along).
     ``decoder``: a separate decoder file; ``semantic_decoder``: a file, or True to use the
     registered semantic decoder of a registry model.

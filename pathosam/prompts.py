@@ -9,7 +9,8 @@ points ``(x, y)``, boxes ``(x0, y0, x1, y1)``; arrays (masks, images) are indexe
   highest predicted IoU (``segment_from_points``), unless ``multimask`` says otherwise;
 * a binary ``mask`` prompt becomes a box (its bounding box, exclusive max) and low-res logits
   (``segment_from_mask``: mask resized to 256 on its long side, ``> 0.5``, zero padded to
-  256 x 256, ``logit(1 - 1e-3)`` inside, ``logit(1e-3)`` outside);
+  256 x 256, ``logit(1 - 1e-3)`` inside, ``logit(1e-3)`` outside; 256 is the model's
+  ``mask_input_size``, 4 x the embedding grid, e.g. 128 for a model of input size 512);
 * on tiled embeddings a prompt goes to the single tile whose inner block contains the (rounded)
   mask centroid / box centre / mean point, is shifted into that tile's outer block (points
   outside it are dropped with a warning, the box is clipped), predicted there and pasted into a
@@ -51,8 +52,14 @@ __all__ = [
     "select_tile",
 ]
 
+#: Side of SAM's mask prompts / low-res logits at the 1024 input (``PathoSAM.mask_input_size``).
 LOW_RES = 256
 MASK_EPS = 1e-3
+
+
+def _low_res(model) -> int:
+    """Side of the model's mask prompts / low-res logits (256 for SAM)."""
+    return int(getattr(model, "mask_input_size", (LOW_RES, LOW_RES))[0])
 
 
 # ---------------------------------------------------------------------------- mask prompt helpers
@@ -89,8 +96,11 @@ def box_from_mask(mask: np.ndarray, box_extension: float = 0.0) -> np.ndarray:
     return np.round(box).astype(np.int64)
 
 
-def logits_from_mask(mask: np.ndarray, eps: float = MASK_EPS) -> np.ndarray:
+def logits_from_mask(mask: np.ndarray, eps: float = MASK_EPS, size: int = LOW_RES) -> np.ndarray:
     """SAM mask prompt (1, 256, 256) float32 from a binary (H, W) mask, as micro-sam.
+
+    ``size``: side of the model's mask prompts (``PathoSAM.mask_input_size``; 256 for SAM): the
+    result is (1, size, size) and "256" below reads ``size``.
 
     Non-zero pixels are the object. The mask is resized so that its long side is 256 (bilinear with antialiasing, SAM's
     ``ResizeLongestSide.apply_image_torch``), thresholded at 0.5, zero padded bottom/right to
@@ -102,12 +112,12 @@ def logits_from_mask(mask: np.ndarray, eps: float = MASK_EPS) -> np.ndarray:
     if mask.ndim != 2 or mask.shape[0] == 0 or mask.shape[1] == 0:
         raise ValueError(f"mask must be a non-empty 2-D (H, W) array, got shape {mask.shape}")
     binary = (mask != 0).astype(np.float32)
-    if binary.shape != (LOW_RES, LOW_RES):
-        size = preprocess_shape(binary.shape[0], binary.shape[1], LOW_RES)
-        t = F.interpolate(torch.from_numpy(binary)[None, None], size, mode="bilinear", align_corners=False,
+    if binary.shape != (size, size):
+        shape = preprocess_shape(binary.shape[0], binary.shape[1], size)
+        t = F.interpolate(torch.from_numpy(binary)[None, None], shape, mode="bilinear", align_corners=False,
                           antialias=True)
         small = t[0, 0].numpy()
-        binary = np.zeros((LOW_RES, LOW_RES), dtype=np.float32)
+        binary = np.zeros((size, size), dtype=np.float32)
         binary[: small.shape[0], : small.shape[1]] = small
     inside = np.log((1 - eps) / (1 - (1 - eps)))  # float64, then rounded once to float32
     outside = np.log(eps / (1 - eps))
@@ -189,8 +199,8 @@ class PromptResult:
     ious : np.ndarray
         (C,) float32 predicted IoU of each mask.
     logits : np.ndarray
-        (C, 256, 256) float32 low-res logits in the model space of the tile (or image) that was
-        used; feed ``result.mask_input`` back with ``tile=result.tile``.
+        (C, 256, 256) float32 low-res logits (the model's ``mask_input_size``) in the model space
+        of the tile (or image) that was used; feed ``result.mask_input`` back with ``tile=result.tile``.
     tile : int or None
         Index of the tile the prompt went to (None for untiled embeddings).
     block : Block
@@ -247,13 +257,13 @@ def _as_points(points: ArrayLike | None, point_labels: ArrayLike | None) -> tupl
     return pts, labels.astype(np.int64)
 
 
-def _as_mask_input(mask_input: ArrayLike | None) -> np.ndarray | None:
+def _as_mask_input(mask_input: ArrayLike | None, size: int = LOW_RES) -> np.ndarray | None:
     if mask_input is None:
         return None
     m = np.asarray(mask_input, dtype=np.float32)
-    if m.size != LOW_RES * LOW_RES:
-        raise ValueError(f"mask_input must be (1, 256, 256) low-res logits, got shape {m.shape}")
-    return m.reshape(1, LOW_RES, LOW_RES)
+    if m.size != size * size:
+        raise ValueError(f"mask_input must be (1, {size}, {size}) low-res logits, got shape {m.shape}")
+    return m.reshape(1, size, size)
 
 
 def segment_prompt(
@@ -291,7 +301,8 @@ def segment_prompt(
         ``box_extension``) becomes the box prompt unless ``box`` is given, with ``use_mask``
         it becomes the low-res mask prompt (:func:`logits_from_mask`).
     mask_input : np.ndarray, optional
-        (1, 256, 256) low-res logits of a previous result (``result.mask_input``); on tiled
+        (1, 256, 256) low-res logits (the model's ``mask_input_size``) of a previous result
+        (``result.mask_input``); on tiled
         embeddings they belong to ``result.tile``, so pass ``tile=result.tile`` as well.
     multimask : bool, optional
         None: the reference rule, i.e. a single positive point and no other prompt predicts
@@ -321,7 +332,8 @@ def segment_prompt(
     bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(-1)
     if bx is not None and (bx.shape != (4,) or not np.isfinite(bx).all()):
         raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box!r}")
-    mi = _as_mask_input(mask_input)
+    low_res = _low_res(model)
+    mi = _as_mask_input(mask_input, low_res)
     H, W = emb.image_shape
     m = None
     if mask is not None:
@@ -378,7 +390,7 @@ def segment_prompt(
         if use_box and bx is None and m.any():
             bx = box_from_mask(m, box_extension).astype(np.float64)
         if use_mask:
-            mi = logits_from_mask(m)
+            mi = logits_from_mask(m, size=low_res)
     if pts is None and bx is None and mi is None:
         raise ValueError("no prompt left to segment from (all points dropped, or mask used with "
                          "use_box=False and use_mask=False)")

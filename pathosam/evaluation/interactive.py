@@ -223,7 +223,8 @@ def _relabel_sequential(gt: np.ndarray) -> np.ndarray:
 
 
 def _predict_chunk(model, emb, points, point_labels, boxes, mask_input, multimask):
-    """(B, C, H, W) masks, (B, C) ious, (B, C, 256, 256) logits; batched when the model can."""
+    """(B, C, H, W) masks, (B, C) ious, (B, C, 256, 256) logits (``mask_input_size``); batched when
+    the model can."""
     if hasattr(model, "predict_batch"):
         return model.predict_batch(emb, points=points, point_labels=point_labels, boxes=boxes,
                                    mask_input=mask_input, multimask=multimask)
@@ -379,7 +380,7 @@ def run_interactive(
             points = new_pts if points is None else np.concatenate([points, new_pts], axis=1)
             point_labels = new_lab if point_labels is None else np.concatenate([point_labels, new_lab], axis=1)
         multimask = it == 0 and start == "point"
-        new_logits = np.zeros((n, 1, 256, 256), dtype=np.float32) if use_masks else None
+        new_logits = None  # (N, 1, 256, 256) (the model's mask_input_size), allocated on first use
         for s in range(0, n, batch_size):
             sl = slice(s, min(n, s + batch_size))
             masks, iou, low = _predict_chunk(
@@ -394,6 +395,8 @@ def run_interactive(
             rows = np.arange(len(masks))
             pred[sl] = masks[rows, best]
             if use_masks:
+                if new_logits is None:
+                    new_logits = np.zeros((n, 1, *low.shape[-2:]), dtype=np.float32)
                 new_logits[sl, 0] = low[rows, best]
         logits = new_logits
         seg = masks_to_labels(pred, shape, with_background=False, merge_exclusively=True)

@@ -613,6 +613,7 @@ def generate_mask_candidates(
     crop_boxes = _crop_boxes(emb)
     sam = model.sam
     dev = model.device
+    size = getattr(sam, "img_size", IMG_SIZE)  # model input size (SAM's 1024; stand-ins may lack it)
     dense_pe = sam.prompt_encoder.get_dense_pe()
     n_batches = math.ceil(len(grid) / points_per_batch)
     bar = tqdm(total=n_batches * len(crop_boxes), desc="AMG point batches", disable=not progress)
@@ -621,14 +622,15 @@ def generate_mask_candidates(
         cx0, cy0 = crop_box[0], crop_box[1]
         h, w = (int(s) for s in emb.original_sizes[i])
         in_size = tuple(int(s) for s in emb.input_sizes[i])
-        per_mask = 4 * (IMG_SIZE * IMG_SIZE + in_size[0] * in_size[1] + 2 * h * w)
+        per_mask = 4 * (size * size + in_size[0] * in_size[1] + 2 * h * w)
         chunk = max(1, _CHUNK_BYTES // per_mask)
         feats = torch.from_numpy(np.ascontiguousarray(emb.feature(i), dtype=np.float32)).to(dev)
         points = grid * np.array([[w, h]], dtype=np.float64)  # crop pixels (x, y)
         records: list[MaskRecord] = []
         for start in range(0, len(points), points_per_batch):
             pts = points[start : start + points_per_batch]
-            coords = torch.as_tensor(transform_coords(pts, (h, w)), dtype=torch.float32, device=dev)[:, None, :]
+            coords = torch.as_tensor(transform_coords(pts, (h, w), size), dtype=torch.float32,
+                                     device=dev)[:, None, :]
             labels = torch.ones((len(pts), 1), dtype=torch.int64, device=dev)
             sparse, dense = sam.prompt_encoder((coords, labels), None, None)
             low_res, iou = sam.mask_decoder(feats, dense_pe, sparse, dense, multimask_output=True)
@@ -636,7 +638,7 @@ def generate_mask_candidates(
             low_res = low_res.reshape(-1, 1, *low_res.shape[-2:])  # point-major: p0m0, p0m1, ...
             iou_np = iou.reshape(-1).float().cpu().numpy()
             for c0 in range(0, low_res.shape[0], chunk):
-                logits = Sam.postprocess_masks(low_res[c0 : c0 + chunk], in_size, (h, w))[:, 0]
+                logits = Sam.postprocess_masks(low_res[c0 : c0 + chunk], in_size, (h, w), size)[:, 0]
                 stab = stability_score(logits, 0.0, stability_score_offset).cpu().numpy()
                 keep = _passes(iou_np[c0 : c0 + len(logits)], stab, pred_iou_thresh, stability_score_thresh)
                 if not keep.any():

@@ -1,7 +1,8 @@
 """SAM's ViT image encoder: windowed and global attention with decomposed relative positions.
 
 State-dict keys and shapes are those of the official SAM checkpoints (``image_encoder.*``).
-Input: (B, 3, 1024, 1024) normalised and padded image; output: (B, 256, 64, 64) embedding.
+Input: (B, 3, S, S) normalised and padded image, S = ``img_size`` (SAM: 1024); output:
+(B, 256, S/16, S/16) embedding ((B, 256, 64, 64) for SAM).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class ImageEncoderViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.patch_size = patch_size
+        self.out_chans = out_chans
         grid = img_size // patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
         self.patch_embed = PatchEmbed(patch_size, embed_dim)

@@ -92,7 +92,7 @@ class TwoWayTransformer(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Predicts low-resolution (256 x 256) mask logits and their IoU from prompt and image tokens."""
+    """Predicts low-resolution mask logits (4 x the embedding grid: 256 x 256 for SAM) and their IoU."""
 
     def __init__(self, transformer_dim: int = 256, num_multimask_outputs: int = 3) -> None:
         super().__init__()
@@ -121,9 +121,10 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (B, C, 256, 256) logits and (B, C) IoU predictions; C = 3 if multimask else 1.
+        """Return (B, C, 4h, 4w) logits and (B, C) IoU predictions; C = 3 if multimask else 1.
 
-        ``image_embeddings`` is (1, 256, 64, 64) shared by all B prompts, or (B, 256, 64, 64).
+        ``image_embeddings`` is (1, 256, h, w) shared by all B prompts, or (B, 256, h, w)
+        (h = w = 64 for SAM, so the logits are 256 x 256).
         """
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)

@@ -1,6 +1,7 @@
 """SAM's prompt encoder: points, boxes and low-resolution mask prompts (keys ``prompt_encoder.*``).
 
-Coordinates are SAM's (x, y) in pixels of the 1024-long-side model input.
+Coordinates are SAM's (x, y) in pixels of the model input (longest side ``input_image_size``,
+1024 for SAM); mask prompts are ``mask_input_size`` = 4 x the embedding grid (256 x 256 for SAM).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class PositionEmbeddingRandom(nn.Module):
 
 
 class PromptEncoder(nn.Module):
-    """Embeds prompts into sparse (B, N, 256) tokens and a dense (B, 256, 64, 64) map."""
+    """Embeds prompts into sparse (B, N, 256) tokens and a dense (B, 256, h, w) map (64 x 64 for SAM)."""
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """(1, 256, 64, 64) positional encoding of the image embedding grid."""
+        """(1, 256, h, w) positional encoding of the image embedding grid ((1, 256, 64, 64) for SAM)."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
@@ -101,7 +102,7 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points: ((B, N, 2) x/y, (B, N) labels 1/0/-1); boxes (B, 4) x0 y0 x1 y1; masks (B, 1, 256, 256)."""
+        """Points: ((B, N, 2) x/y, (B, N) labels 1/0/-1); boxes (B, 4) x0 y0 x1 y1; masks (B, 1, *mask_input_size)."""
         if points is not None:
             bs = points[0].shape[0]
         elif boxes is not None:

@@ -1,15 +1,21 @@
 """The UNETR decoder of micro-sam / torch-em, applied to SAM image embeddings.
 
-Consumes the (B, 256, 64, 64) embedding only (no encoder skip connections) and predicts
-(B, C, 1024, 1024) maps: C = 3 for instances (foreground, centre distance, boundary distance,
-sigmoid) or 6 for PanNuke classes. State-dict keys equal micro-sam's ``decoder_state``.
+Consumes the (B, 256, h, w) embedding only (no encoder skip connections) and predicts
+(B, C, 16h, 16w) maps ((B, 256, 64, 64) -> (B, C, 1024, 1024) for SAM): C = 3 for instances
+(foreground, centre distance, boundary distance, sigmoid) or 6 for PanNuke classes.
+State-dict keys equal micro-sam's ``decoder_state``.
+
+Channel widths: ``features`` (coarse to fine) is torch-em's (512, 256, 128, 64); a narrower
+decoder (e.g. ``features=32`` = (256, 128, 64, 32)) has the same keys with smaller tensors, and
+:func:`features_from_state_dict` recovers the widths from a state dict.
 
 Two upsampler flavours exist in released files: transposed convolutions (``.block.`` keys,
 torch-em <= 0.7.9, the released PathoSAM decoders) and bilinear x2 + 1x1 conv (``.conv.`` keys).
 
 BatchNorm (in ``deconv1..4``): ``bn_mode="per_tile"`` normalises every sample with its own
 statistics (what micro-sam does at batch size 1, because it never calls ``.eval()``; results do
-not depend on how tiles are batched); ``"running"`` uses the stored running statistics.
+not depend on how tiles are batched); ``"running"`` uses the stored running statistics;
+``"batch"`` (training) normalises with the batch's statistics and updates the running ones.
 Running statistics are never updated at inference (micro-sam updates them; we do not).
 """
 
@@ -21,8 +27,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BNMode = Literal["per_tile", "running"]
+BNMode = Literal["per_tile", "running", "batch"]
 FEATURES = (512, 256, 128, 64)
+
+
+def unetr_features(features: int | tuple[int, ...] = FEATURES) -> tuple[int, int, int, int]:
+    """The four decoder widths, coarse to fine: a tuple as given, or an int = the finest width,
+    doubled per level (``64`` -> torch-em's (512, 256, 128, 64))."""
+    if isinstance(features, int):
+        feats = (8 * features, 4 * features, 2 * features, features)
+    else:
+        feats = tuple(int(f) for f in features)
+    if len(feats) != 4 or min(feats) < 1:
+        raise ValueError(f"UNETR features must be 4 positive widths (or one int), got {features!r}")
+    if any(a < b for a, b in zip(feats[:-1], feats[1:])):
+        raise ValueError(f"UNETR features must not increase from coarse to fine, got {feats}")
+    return feats
+
+
+def features_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
+    """The four channel widths (coarse to fine) of a UNETR decoder state: the output channels of
+    the 3x3 convs of ``deconv1..4`` (their ``SingleConv`` at ``block.1``)."""
+    try:
+        return tuple(int(state[f"deconv{i}.block.1.block.weight"].shape[0]) for i in range(1, 5))
+    except KeyError as err:
+        raise ValueError(f"not UNETR decoder weights: key {err.args[0]!r} is missing") from None
+
+
+def embed_dim_from_state_dict(state: dict[str, torch.Tensor]) -> int:
+    """Channels of the embedding a UNETR decoder state consumes (256 for SAM)."""
+    key = "base.block.1.weight"
+    if key not in state:
+        raise ValueError(f"not UNETR decoder weights: key {key!r} is missing")
+    return int(state[key].shape[1])
 
 
 class TransposedUpsampler(nn.Module):
@@ -147,18 +184,25 @@ class DeconvBlock(nn.Module):
             x = instance_norm(x, bn.weight, bn.bias, bn.eps)
         elif bn_mode == "running":
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        elif bn_mode == "batch":  # training: statistics of the batch, running statistics updated
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum, bn.eps)
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
         else:
-            raise ValueError(f"bn_mode must be 'per_tile' or 'running', got {bn_mode!r}")
-        return torch.relu_(x)
+            raise ValueError(f"bn_mode must be 'per_tile', 'running' or 'batch', got {bn_mode!r}")
+        return torch.relu(x) if bn_mode == "batch" else torch.relu_(x)
 
 
 class Decoder(nn.Module):
     """The U-Net decoder path: upsample, concat a channel-centre-cropped skip, ConvBlock."""
 
-    def __init__(self, transposed: bool) -> None:
+    def __init__(self, transposed: bool, features: tuple[int, ...] = FEATURES) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ConvBlock(FEATURES[i], FEATURES[i + 1]) for i in range(3))
-        self.samplers = nn.ModuleList(_upsampler(transposed, FEATURES[i], FEATURES[i + 1]) for i in range(3))
+        f = unetr_features(features)
+        # the block input is the upsampled x (f[i+1] channels) + the skip cropped to as many:
+        # 2 * f[i+1] (= f[i] for torch-em's doubling widths)
+        self.blocks = nn.ModuleList(ConvBlock(2 * f[i + 1], f[i + 1]) for i in range(3))
+        self.samplers = nn.ModuleList(_upsampler(transposed, f[i], f[i + 1]) for i in range(3))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         for block, sampler, skip in zip(self.blocks, self.samplers, skips):
@@ -170,7 +214,11 @@ class Decoder(nn.Module):
 
 
 class UNETRDecoder(nn.Module):
-    """UNETR decoder head on SAM embeddings (``out_channels`` 3: instances, 6: semantic)."""
+    """UNETR decoder head on SAM embeddings (``out_channels`` 3: instances, 6: semantic).
+
+    ``features``: the four channel widths, coarse to fine (torch-em's (512, 256, 128, 64)), or
+    one int = the finest width, doubled per level (64 = the reference; 32 or 16 = narrower).
+    """
 
     def __init__(
         self,
@@ -178,24 +226,29 @@ class UNETRDecoder(nn.Module):
         transposed: bool = True,
         embed_dim: int = 256,
         final_activation: Literal["sigmoid"] | None = "sigmoid",
+        features: int | tuple[int, ...] = FEATURES,
     ) -> None:
         super().__init__()
+        f = unetr_features(features)
         self.out_channels = out_channels
         self.transposed = transposed
         self.final_activation = final_activation
+        self.features = f
+        self.embed_dim = embed_dim
         # Registration order = state-dict order of micro-sam's decoder_state.
-        self.decoder = Decoder(transposed)
-        self.deconv1 = DeconvBlock(embed_dim, FEATURES[0], transposed)
-        self.deconv2 = DeconvBlock(FEATURES[0], FEATURES[1], transposed)
-        self.deconv3 = DeconvBlock(FEATURES[1], FEATURES[2], transposed)
-        self.deconv4 = DeconvBlock(FEATURES[2], FEATURES[3], transposed)
-        self.base = ConvBlock(embed_dim, FEATURES[0])
-        self.out_conv = nn.Conv2d(FEATURES[3], out_channels, kernel_size=1)
-        self.deconv_out = _upsampler(transposed, FEATURES[3], FEATURES[3])
-        self.decoder_head = ConvBlock(2 * FEATURES[3], FEATURES[3])
+        self.decoder = Decoder(transposed, f)
+        self.deconv1 = DeconvBlock(embed_dim, f[0], transposed)
+        self.deconv2 = DeconvBlock(f[0], f[1], transposed)
+        self.deconv3 = DeconvBlock(f[1], f[2], transposed)
+        self.deconv4 = DeconvBlock(f[2], f[3], transposed)
+        self.base = ConvBlock(embed_dim, f[0])
+        self.out_conv = nn.Conv2d(f[3], out_channels, kernel_size=1)
+        self.deconv_out = _upsampler(transposed, f[3], f[3])
+        self.decoder_head = ConvBlock(2 * f[3], f[3])
 
     def forward(self, embeddings: torch.Tensor, bn_mode: BNMode = "per_tile") -> torch.Tensor:
-        """(B, 256, 64, 64) embeddings -> (B, C, 1024, 1024) maps in model-input space.
+        """(B, 256, h, w) embeddings -> (B, C, 16h, 16w) maps in model-input space
+        ((B, 256, 64, 64) -> (B, C, 1024, 1024) for SAM).
 
         Runs in channels-last layout (2x faster convolutions on CPU); the output is contiguous.
         """
@@ -223,7 +276,8 @@ class UNETRDecoder(nn.Module):
 def postprocess_maps(
     maps: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Crop (B, C, 1024, 1024) maps to the resized ``input_size`` and resize to ``original_size``.
+    """Crop (B, C, S, S) model-input maps (S = 1024 for SAM) to the resized ``input_size`` and resize
+    to ``original_size``.
 
     Same as SAM's ``postprocess_masks`` (bilinear, align_corners=False); sizes are (H, W).
     """

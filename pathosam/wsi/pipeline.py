@@ -205,8 +205,8 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     the work folder; computes the maps of the tiles around them (model only on tissue tiles).
     Reading, the model and post-processing run as three overlapping stages (:mod:`.stages`),
     each at most two batches ahead of the next."""
-    from ..automatic import hand_over, run_tiles
-    from ..image import prepare_input, to_rgb_uint8
+    from ..automatic import hand_over, model_input, run_tiles
+    from ..image import to_rgb_uint8
     from ..semantic import N_CLASS_FEATURES
     from .stages import background
 
@@ -239,7 +239,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
             if plan.has_tissue[i]:
                 t0 = time.perf_counter()
                 rgb = geom.read(slide, tiles[i].outer)
-                pending.append((tiles[i], prepare_input(to_rgb_uint8(rgb, options.normalization))))
+                pending.append((tiles[i], model_input(model, to_rgb_uint8(rgb, options.normalization))))
                 seconds["read"] += time.perf_counter() - t0
                 if len(pending) >= options.batch_size:
                     yield pending
@@ -429,7 +429,7 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
                 table = _table(chunk, first, geom, n_cols, options)
                 writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))
                 count += len(chunk)
-                yield from _features(arrays[0], chunk, first, table, geom, name)
+                yield from _features(arrays[0], chunk, first, table, geom, tw, name)
 
         try:
             write_features(out_dir / f"{name}.geojson.gz", features(), progress=False)
@@ -483,22 +483,33 @@ def _table(nuclei: Nuclei, first: int, geom: Geometry, n_cols: int, options: Sli
     return df
 
 
-def _features(labels, nuclei: Nuclei, first: int, table, geom: Geometry, name: str):
-    """One QuPath Feature per nucleus of the chunk (ids ``first..``), traced from the final
-    label array within the chunk's bounding box, in level-0 pixel-corner coordinates."""
+def _features(labels, nuclei: Nuclei, first: int, table, geom: Geometry, tile_cols: int, name: str):
+    """One QuPath Feature per nucleus of the chunk (ids ``first..``), in level-0 pixel-corner
+    coordinates, traced from the final label array block column by block column (grouped by
+    the block holding the anchor, ids increasing within a group)."""
+    if not len(nuclei):
+        return
+    table_cols = {"classes": table["class_name"].tolist() if "class_name" in table else None,
+                  "probs": table["class_probability"].to_numpy() if "class_probability" in table else None,
+                  "area": table["area"].to_numpy(), "cx": table["centroid_x"].to_numpy(),
+                  "cy": table["centroid_y"].to_numpy()}
+    block_col = (nuclei.anchor % geom.shape[1]) // tile_cols
+    for b in np.unique(block_col):  # one block column at a time: a region of about 3 x 3 blocks
+        group = np.flatnonzero(block_col == b)
+        lo = nuclei.bbox[group, :2].min(axis=0)
+        hi = nuclei.bbox[group, 2:].max(axis=0)
+        region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
+        yield from _group_features(region, lo, group, nuclei, first, table_cols, geom, name)
+
+
+def _group_features(region, lo, group, nuclei: Nuclei, first: int, cols: dict, geom: Geometry, name: str):
+    """Features of the nuclei ``group`` (indices into the chunk) from ``region``, the final labels
+    from (row, col) ``lo`` on."""
     from ..io.geojson import make_feature
     from ..io.polygons import trace_mask
 
-    if not len(nuclei):
-        return
-    classes = table["class_name"].tolist() if "class_name" in table else None
-    probs = table["class_probability"].to_numpy() if "class_probability" in table else None
-    area = table["area"].to_numpy()
-    cx, cy = table["centroid_x"].to_numpy(), table["centroid_y"].to_numpy()
-    lo = nuclei.bbox[:, :2].min(axis=0)
-    hi = nuclei.bbox[:, 2:].max(axis=0)
-    region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
-    for k in range(len(nuclei)):
+    classes, probs, area, cx, cy = cols["classes"], cols["probs"], cols["area"], cols["cx"], cols["cy"]
+    for k in group:
         label = first + k
         r0, c0, r1, c1 = nuclei.bbox[k] - np.array([lo[0], lo[1], lo[0], lo[1]])
         m = np.zeros((r1 - r0 + 2, c1 - c0 + 2), bool)
