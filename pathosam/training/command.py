@@ -1,0 +1,178 @@
+"""``pathosam train``: finetune (or train) PathoSAM on annotated images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import json
+from pathlib import Path
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``pathosam train``."""
+    from ..cli import _pair
+
+    p = subparsers.add_parser(
+        "train",
+        help="finetune PathoSAM on annotated images (micro-sam objective, or the semantic head)",
+        description="Train with micro-sam's joint objective (iterative prompting + the UNETR AIS decoder) or, "
+                    "with --semantic, the 6-class semantic head. Checkpoints, log.csv (and TensorBoard if "
+                    "installed) go to RUN; --resume continues a stopped run exactly; at the end the best "
+                    "weights are exported to RUN/export (released layout and {model_state, decoder_state}).",
+    )
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="training data folder(s) (any supported dataset layout)")
+    p.add_argument("--val", nargs="+", metavar="DIR",
+                   help="validation data (default: a seeded --val-fraction of each --data folder)")
+    p.add_argument("--format", default="auto", help="dataset format of --data/--val (default: detect)")
+    p.add_argument("--split", help="split of --data to train on")
+    p.add_argument("--val-split", help="split of --val (or of --data) to validate on")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of --data held out when --val is "
+                                                                   "not given (0.1)")
+    p.add_argument("--from", dest="init", default="vit_b_histopathology", metavar="MODEL",
+                   help="starting weights: registry name or file (default vit_b_histopathology), or a new "
+                        "random model 'new:WIDTH,DEPTH,IMG_SIZE,DECODER_FEATURES' (e.g. new:96,4,256,16)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--decoder", help="separate AIS decoder file for --from")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, logs, export)")
+    p.add_argument("--semantic", action="store_true", help="train the semantic (class) head instead")
+    p.add_argument("--iterations", type=int, default=1000, help="training iterations (1000)")
+    p.add_argument("--batch-size", type=int, help="patches per iteration (joint 2, semantic 2)")
+    p.add_argument("--patch-shape", type=_pair, default=(512, 512), help="random crop size (512)")
+    p.add_argument("--lr", type=float, help="learning rate (joint 1e-5, semantic 1e-4)")
+    p.add_argument("--n-objects", type=int, default=25, help="joint: objects prompted per image (25)")
+    p.add_argument("--sub-iterations", type=int, default=8, help="joint: prompt iterations per batch (8)")
+    p.add_argument("--no-decoder", action="store_true", help="joint: train SAM only, not the AIS decoder")
+    p.add_argument("--freeze-encoder", action="store_true", help="semantic: train the decoder only")
+    p.add_argument("--decoder-init", choices=["scratch", "pretrained"], default="pretrained",
+                   help="semantic: new decoder from scratch or from the AIS decoder (default)")
+    p.add_argument("--class-weights", default="auto",
+                   help="semantic: auto (from the data's class frequencies, the reference's rule) | reference "
+                        "([1,1,7,6,10,8]) | none | w0,..,w5")
+    p.add_argument("--oversample", action="store_true", help="semantic: oversample patches with rare classes")
+    p.add_argument("--validate-every", type=int, default=100, help="iterations between validations (100)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between kept checkpoints (500)")
+    p.add_argument("--val-patches", type=int, default=8, help="fixed validation patches (8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stain-jitter", action="store_true", help="random HED stain jitter")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+class _Concat:
+    """Several datasets as one sequence of samples (names prefixed by the dataset's folder)."""
+
+    def __init__(self, parts) -> None:
+        self.parts = list(parts)
+        self.index = [(k, i) for k, p in enumerate(self.parts) for i in range(len(p))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, j):
+        k, i = self.index[j]
+        return self.parts[k][i]
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{p.name}/{n}" for p in self.parts for n in p.names]
+
+
+def _datasets(args):
+    from ..cli import UsageError
+    from ..datasets import open_dataset, split_names
+
+    trains, vals = [], []
+    for d in args.data:
+        ds = open_dataset(d, args.format, split=args.split)
+        if args.val or args.val_split:
+            trains.append(ds)
+            if args.val_split and not args.val:
+                vals.append(open_dataset(d, args.format, split=args.val_split))
+            continue
+        parts = split_names(ds.names, fractions=(args.val_fraction, 0.0), seed=args.seed)
+        trains.append(ds.select(parts["train"]))
+        vals.append(ds.select(parts["val"]))
+    for d in args.val or []:
+        vals.append(open_dataset(d, args.format, split=args.val_split))
+    train, val = _Concat(trains), _Concat(vals)
+    if len(train) == 0:
+        raise UsageError(f"{' '.join(args.data)}: no training images")
+    if not args.val:
+        overlap = set(train.names) & set(val.names)
+        if overlap:
+            raise UsageError(f"training and validation images overlap: {sorted(overlap)[:5]}")
+    return train, val
+
+
+def _initial_model(args):
+    from ..cli import UsageError
+    from ..model import load_model
+
+    if args.init.startswith("new:"):
+        from .models import new_model
+
+        try:
+            width, depth, img, feats = (int(v) for v in args.init[4:].split(","))
+        except ValueError:
+            raise UsageError(f"--from {args.init!r}: expected new:WIDTH,DEPTH,IMG_SIZE,DECODER_FEATURES") from None
+        return new_model(width, depth, img_size=img, decoder_features=feats, seed=args.seed,
+                         name=f"pathosam-{width}x{depth}-{img}")
+    return load_model(args.init, decoder=args.decoder, device="cpu", progress=not args.quiet)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, val = _datasets(args)
+    model = _initial_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))
+    if args.semantic:
+        from .semantic import SemanticConfig, train_semantic
+
+        cfg = SemanticConfig(
+            iterations=args.iterations, batch_size=args.batch_size, patch_shape=tuple(args.patch_shape),
+            lr=args.lr or 1e-4, freeze_encoder=args.freeze_encoder, decoder_init=args.decoder_init,
+            class_weights=_class_weights(args.class_weights), oversample=args.oversample,
+            validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
+            val_patches=args.val_patches, seed=args.seed, amp=not args.no_amp,
+        )
+        result = train_semantic(model, train, val, out, cfg, device=args.device, progress=not args.quiet,
+                                resume=args.resume)
+        last = result["validation"][-1] if result.get("validation") else {}
+        print(f"trained the semantic head {result['iteration']} iterations on {len(train)} images (validation: "
+              f"{len(val)}); best validation loss {result['best_metric']:.4f}"
+              + (f", mean class dice {last['dice_mean']:.3f}" if "dice_mean" in last else "")
+              + f"; exported {result['files'].get('semantic_decoder')}")
+        return 0
+
+    from .trainer import JointTrainer, TrainConfig
+
+    cfg = TrainConfig(
+        iterations=args.iterations, batch_size=args.batch_size or 2, patch_shape=tuple(args.patch_shape),
+        n_objects=args.n_objects, n_sub_iterations=args.sub_iterations, lr=args.lr or 1e-5,
+        train_decoder=not args.no_decoder, validate_every=args.validate_every,
+        checkpoint_every=args.checkpoint_every, val_patches=args.val_patches, seed=args.seed,
+        amp=not args.no_amp, stain_jitter=args.stain_jitter,
+    )
+    trainer = JointTrainer(model, train, val, out, cfg, device=args.device)
+    state = trainer.fit(resume=args.resume, progress=not args.quiet)
+    files = trainer.export()
+    best = f"{state.best_metric:.4f}" if state.history else "n/a (no validation)"
+    print(f"trained {state.iteration} iterations on {len(train)} images (validation: {len(val)}); best "
+          f"validation metric {best}; exported {files['sam']}" +
+          (f" + {files['decoder'].name}" if "decoder" in files else ""), file=sys.stdout)
+    return 0
+
+
+def _class_weights(text: str):
+    if text in ("reference", "auto", "none"):
+        return text
+    return [float(v) for v in text.split(",")]

@@ -1,0 +1,131 @@
+"""Run bookkeeping shared by the trainers: the run folder, logs, checkpoints, devices, AMP.
+
+A run folder ``RUN/`` holds ``log.csv`` (one row per logged step: iteration, phase, values),
+TensorBoard events in ``RUN/tensorboard`` when ``torch.utils.tensorboard`` can be imported,
+``checkpoints/latest.pt`` and ``checkpoints/best.pt`` in micro-sam's training-checkpoint layout
+(``model_state`` with ``sam.``-prefixed keys, ``decoder_state``, ``optimizer_state``,
+``scheduler_state``, ``scaler_state``, ``iteration``, ``best_metric``, ...; readable by
+:func:`pathosam.load_model`), ``checkpoints/iter_<N>.pt`` every ``checkpoint_every`` iterations,
+and ``config.json``. Every file is written atomically, so a killed run never leaves a truncated
+checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io.atomic import atomic_write
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``: CUDA, then MPS, then CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision (float16) on CUDA when ``enabled``; a no-op context elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+def grad_scaler(device: torch.device, enabled: bool):
+    return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy's global generator and torch (the trainers draw their own numbers from
+    generators derived from (seed, iteration); this covers library code)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def iteration_rng(seed: int, iteration: int, stream: int = 0) -> np.random.Generator:
+    """The random generator of one training iteration: a pure function of its arguments, so a
+    resumed run draws exactly what an uninterrupted one would have."""
+    return np.random.default_rng(np.random.SeedSequence([seed, iteration, stream]))
+
+
+class RunLog:
+    """Append-only CSV log (+ TensorBoard scalars when available) of a run folder."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "log.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self._writer = None
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows logged after ``iteration`` (a resumed run repeats them)."""
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as fh:
+            rows = [r for r in csv.reader(fh)]
+        keep = [r for r in rows[1:] if int(r[0]) <= iteration]
+        with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["iteration", "phase", "name", "value"])
+            w.writerows(keep)
+
+    def log(self, iteration: int, phase: str, values: dict[str, float]) -> None:
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["iteration", "phase", "name", "value"])
+            for k, v in values.items():
+                w.writerow([iteration, phase, k, repr(float(v))])
+        if self._writer is not None:
+            for k, v in values.items():
+                self._writer.add_scalar(f"{phase}/{k}", float(v), iteration)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_log(run_dir: str | os.PathLike):
+    """The run's log as a pandas DataFrame (iteration, phase, name, value)."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / "log.csv")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save`` atomically (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def write_config(run_dir: str | os.PathLike, config: dict) -> None:
+    path = Path(run_dir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(config, indent=1, default=str))

@@ -1,0 +1,165 @@
+"""The joint trainer (iterative prompting + UNETR), its resume, export and ``pathosam train``.
+
+A small SAM-architecture model (width 64, depth 2, 256 px input, narrow UNETR) keeps these CPU
+runs to seconds; the objective, the resume logic and the files are the same for any size.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pathosam
+from pathosam.training.models import new_model
+from pathosam.training.trainer import JointTrainer, TrainConfig
+
+FAST = dict(batch_size=1, patch_shape=(96, 96), n_objects=3, n_sub_iterations=3, validate_every=2, val_patches=2,
+            checkpoint_every=1000, lr=1e-3)
+
+
+def small():
+    return new_model(64, 2, img_size=256, decoder_features=8, seed=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is several times faster than two on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gbm40(data_dir):
+    from pathosam.datasets import open_dataset
+
+    ds = open_dataset(data_dir / "gbm40", "folder")
+    return ds[:4], ds[20:22]
+
+
+def _tensors(model):
+    return {**{f"sam.{k}": v for k, v in model.sam.state_dict().items()},
+            **{f"dec.{k}": v for k, v in model.decoder.state_dict().items()}}
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(gbm40, tmp_path):
+    train, val = gbm40
+    cfg = TrainConfig(iterations=4, **FAST)
+    a = JointTrainer(small(), train, val, tmp_path / "a", cfg, device="cpu")
+    a.fit(progress=False)
+    b = JointTrainer(small(), train, val, tmp_path / "b", cfg, device="cpu")
+    b.fit(progress=False, stop_after=2)
+    assert b.state.iteration == 2
+    c = JointTrainer(small(), train, val, tmp_path / "b", cfg, device="cpu")  # a new process would do this
+    c.fit(progress=False, resume=True)
+    ta, tc = _tensors(a.model), _tensors(c.model)
+    assert ta.keys() == tc.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tc[k]), k
+    assert [h["metric"] for h in a.state.history] == [h["metric"] for h in c.state.history]
+    # the log of the resumed run has each iteration once
+    import pandas as pd
+
+    log = pd.read_csv(tmp_path / "b" / "log.csv")
+    assert sorted(log[(log.phase == "train") & (log.name == "lr")].iteration) == [1, 2, 3, 4]
+
+
+def test_resume_refuses_other_settings(gbm40, tmp_path):
+    train, val = gbm40
+    JointTrainer(small(), train, val, tmp_path, TrainConfig(iterations=2, **FAST), device="cpu").fit(
+        progress=False, stop_after=1)
+    other = TrainConfig(iterations=2, **{**FAST, "lr": 0.5})
+    with pytest.raises(ValueError, match="other settings"):
+        JointTrainer(small(), train, val, tmp_path, other, device="cpu").fit(progress=False, resume=True)
+
+
+def test_export_layouts_load_back_with_reference_decoder_keys(gbm40, tmp_path, vectors):
+    train, val = gbm40
+    t = JointTrainer(small(), train, val, tmp_path, TrainConfig(iterations=2, **FAST), device="cpu")
+    t.fit(progress=False)
+    files = t.export()
+    expected = _tensors(t.model)
+    ref_keys = [k for k, *_ in json.loads((vectors / "state_shapes.json").read_text())["decoder"]["transposed_3ch"]["keys"]]
+    dec = torch.load(files["decoder"], weights_only=True)
+    assert list(dec) == ref_keys  # the released AIS decoder's key names, in order
+    for model in (pathosam.load_model(files["sam"], decoder=files["decoder"], device="cpu"),
+                  pathosam.load_model(files["model_and_decoder"], device="cpu"),
+                  pathosam.load_model(tmp_path / "checkpoints" / "best.pt", device="cpu")):
+        got = _tensors(model)
+        for k in expected:
+            assert torch.equal(got[k], expected[k]), k
+        assert model.sam.img_size == 256
+
+
+def test_two_optimizer_steps_per_iteration_and_frozen_decoder_option(gbm40, tmp_path):
+    train, val = gbm40
+    t = JointTrainer(small(), train, None, tmp_path, TrainConfig(iterations=1, **FAST), device="cpu")
+    t.fit(progress=False)
+    def step(p):
+        return int(t.optimizer.state[p]["step"])
+
+    # the image encoder gets both steps (interactive + UNETR), the rest one each
+    assert step(next(t.sam.image_encoder.parameters())) == 2
+    assert step(next(t.sam.mask_decoder.parameters())) == 1
+    assert step(next(t.decoder.parameters())) == 1
+    m = small()
+    before = {k: v.clone() for k, v in m.decoder.state_dict().items()}
+    t = JointTrainer(m, train, None, tmp_path / "nodec", TrainConfig(iterations=1, train_decoder=False,
+                                                                     **FAST), device="cpu")
+    t.fit(progress=False)
+    for k, v in m.decoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_short_run_lowers_the_validation_loss_and_raises_msa(gbm40, tmp_path):
+    """Training from scratch for a short while: the validation metric falls and the AIS mSA on
+    held-out images rises above the untrained model's (numbers in docs/training.md)."""
+    from pathosam.evaluation.automatic import evaluate_automatic
+
+    train, val = gbm40
+    cfg = TrainConfig(iterations=60, batch_size=2, patch_shape=(128, 128), n_objects=6, n_sub_iterations=2,
+                      validate_every=60, val_patches=4, checkpoint_every=1000, lr=2e-3, seed=3)
+    model = small()
+    t = JointTrainer(model, train, val, tmp_path, cfg, device="cpu")
+    before = t.validate()
+    crops = [_Crop(s.name, s.image[:256, :256], s.labels[:256, :256]) for s in val]
+    msa_before = evaluate_automatic(model, crops, "ais", tile_shape=None, progress=False).per_image["mSA"].mean()
+    t.fit(progress=False)
+    after = t.state.history[-1]
+    msa_after = evaluate_automatic(model, crops, "ais", tile_shape=None, progress=False).per_image["mSA"].mean()
+    print(f"validation metric {before['metric']:.4f} -> {after['metric']:.4f}; "
+          f"UNETR loss {before['unetr_loss']:.4f} -> {after['unetr_loss']:.4f}; mSA {msa_before:.4f} -> {msa_after:.4f}")
+    assert after["metric"] < before["metric"]
+    assert after["unetr_loss"] < before["unetr_loss"]
+    assert msa_after > msa_before
+
+
+class _Crop:
+    def __init__(self, name, image, labels):
+        self.name, self.image, self.labels = name, np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def test_cli_train_and_resume(data_dir, tmp_path, capsys):
+    from pathosam.cli import main
+
+    start = small()
+    paths = start.save(tmp_path / "start.pt")
+    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
+            "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "1", "--patch-shape", "96",
+            "--n-objects", "2", "--sub-iterations", "2", "--validate-every", "1", "--val-patches", "1",
+            "--device", "cpu", "-q", "--val-fraction", "0.1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 iterations" in out and "sam.pt" in out
+    assert (tmp_path / "run" / "export" / "sam_decoder.pt").is_file()
+    assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "config.json").is_file()
+    # --resume with more iterations continues from the latest checkpoint
+    more = [a if a != "2" or args[i - 1] != "--iterations" else "3" for i, a in enumerate(args)]
+    assert main([*more, "--resume"]) == 0
+    assert "trained 3 iterations" in capsys.readouterr().out
+    assert main([*more, "--resume", "--lr", "0.5"]) == 1  # other settings: refused
+    assert "other settings" in capsys.readouterr().err
