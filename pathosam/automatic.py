@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from .image import Normalization, check_image, prepare_input, to_rgb_uint8
+from .image import LONG_SIDE, Normalization, check_image, prepare_input, to_rgb_uint8
 from .instances.tiled import AISParams, TiledAIS
 from .tiling import tile_grid, tile_slices
 
@@ -61,17 +61,29 @@ class Segmentation:
         return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset)
 
 
+def auto_tiling(img_size: int = 1024) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(largest untiled image side, tile shape, halo) of ``tile_shape="auto"`` for a model with
+    input size ``img_size``: the reference's geometry scaled to the model, i.e. outer tiles of half
+    the input size, upsampled 2x (1024: 384 + 64 halo = 512 px tiles, images up to 512 px
+    untiled; 256: 96 + 16 = 128 px tiles, images up to 128 px untiled). Models are trained on
+    patches at that 2x scale (PathoSAM: 512 px patches, 1024 input)."""
+    t, h = img_size * 3 // 8, img_size // 16
+    return img_size // 2, (t, t), (h, h)
+
+
 def resolve_tiling(
-    shape: tuple[int, int], tile_shape, halo
+    shape: tuple[int, int], tile_shape, halo, img_size: int = 1024
 ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """Tile shape and halo to use: ``"auto"`` tiles (384 + 64 halo) only images larger than 512 px."""
+    """Tile shape and halo to use; ``"auto"``: see :func:`auto_tiling` (for the reference models,
+    384 + 64 halo for images larger than 512 px)."""
     if isinstance(tile_shape, str):
         if tile_shape != "auto":
             raise ValueError(f"tile_shape must be 'auto', None or (rows, cols), got {tile_shape!r}")
-        if max(shape) <= AUTO_UNTILED_MAX:
+        untiled, auto_tile, auto_halo = auto_tiling(img_size)
+        if max(shape) <= untiled:
             return None, None
-        tile_shape = DEFAULT_TILE_SHAPE
-        halo = DEFAULT_HALO if halo is None else halo
+        tile_shape = auto_tile
+        halo = auto_halo if halo is None else halo
     if tile_shape is None:
         if halo is not None:
             raise ValueError("halo given without tile_shape")
@@ -81,6 +93,12 @@ def resolve_tiling(
     if min(ts) <= 0 or min(hl) < 0:
         raise ValueError(f"tile_shape must be positive and halo non-negative, got {ts}, {hl}")
     return ts, hl
+
+
+def model_input(model, rgb: np.ndarray):
+    """:func:`pathosam.image.prepare_input` of ``rgb`` at the input size of ``model``
+    (``PathoSAM.img_size``; 1024, SAM's, for stand-ins without one)."""
+    return prepare_input(rgb, getattr(model, "img_size", LONG_SIDE))
 
 
 def _split_params(mode: str, params: dict) -> dict:
@@ -142,7 +160,9 @@ def segment_nuclei(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     params = _split_params(mode, params)
     if model is None:
-        model = "vit_b_histopathology"
+        from .registry import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
     if not isinstance(model, PathoSAM):
         model = load_model(model, semantic_decoder=True if classes else None, progress=progress)
     if mode == "ais" and model.decoder is None:
@@ -154,7 +174,7 @@ def segment_nuclei(
     if min(image.shape[:2]) < MIN_SIDE:
         raise ValueError(f"image of {image.shape[0]}x{image.shape[1]} px is too small to segment "
                          f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
-    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo)
+    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
     if mode == "ais":
         ais = AISParams(**params)
         if ts is None:
@@ -182,7 +202,7 @@ def _ais_untiled(model, image, params: AISParams, classes: bool, normalization) 
     from .semantic import nucleus_classes
 
     t0 = time.perf_counter()
-    tensor, in_size, orig = prepare_input(to_rgb_uint8(image, normalization))
+    tensor, in_size, orig = model_input(model, to_rgb_uint8(image, normalization))
     feats = model.encode([tensor])
     maps = model.decode(feats, [in_size], [orig], "instance")[0]
     sem = model.decode(feats, [in_size], [orig], "semantic")[0] if classes else None
@@ -201,15 +221,15 @@ def decoder_maps(model, image: np.ndarray, tile_shape="auto", halo=None, what: s
     tiles' maps pasted together (the reference's stitching). For images that fit in memory
     (evaluation, grid search); :func:`segment_nuclei` streams instead."""
     check_image(image)
-    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo)
+    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
     if ts is None:
-        tensor, in_size, orig = prepare_input(to_rgb_uint8(image, normalization))
+        tensor, in_size, orig = model_input(model, to_rgb_uint8(image, normalization))
         return model.decode(model.encode([tensor]), [in_size], [orig], what)[0]
     tiles = tile_grid(image.shape[:2], ts, hl)
     out = None
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
-        inputs = [prepare_input(to_rgb_uint8(image[tile_slices(t.outer)], normalization)) for t in batch]
+        inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)) for t in batch]
         tensors, in_sizes, origs = zip(*inputs)
         for t, m in zip(batch, model.decode(model.encode(list(tensors)), in_sizes, origs, what)):
             if out is None:
@@ -225,7 +245,7 @@ def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int]) -> t
 
 
 def run_tiles(model, inputs, classes: bool) -> tuple[list, list, float]:
-    """Run one batch of tiles (``inputs`` from ``prepare_input``) through the encoder and the
+    """Run one batch of tiles (``inputs`` from :func:`model_input`) through the encoder and the
     decoder(s); returns the instance maps, the semantic maps (None each without ``classes``)
     and the seconds spent in the model."""
     t0 = time.perf_counter()
@@ -268,8 +288,8 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
         t0 = time.perf_counter()
-        inputs = [prepare_input(to_rgb_uint8(image[tile_slices(t.outer)], normalization)
-                                if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
+        inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)
+                              if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
         seconds = feed_tiles(model, job, batch, inputs, classes)
         t_model += seconds
         t_post += time.perf_counter() - t0 - seconds

@@ -169,8 +169,9 @@ def _pair(text: str) -> tuple[int, int]:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` / ``--checkpoint`` / ``--decoder`` / ``--device``, shared by model commands."""
-    p.add_argument("-m", "--model", default="vit_b_histopathology",
-                   help="registry name or weights file (default: vit_b_histopathology)")
+    p.add_argument("-m", "--model", default=None,
+                   help="registry name or weights file (default: the embedded small model pathosam_small; "
+                        "vit_b_histopathology for the published PathoSAM ViT-B)")
     p.add_argument("-c", "--checkpoint", help="weights file in any reference layout (overrides --model)")
     p.add_argument("--decoder", help="separate instance-decoder file")
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
@@ -182,6 +183,11 @@ def load_model_from_args(args: argparse.Namespace, classes: bool = False):
     from .model import load_model
 
     name = args.checkpoint or args.model
+    if name is None:
+        name = registry.DEFAULT_MODEL
+        if not getattr(args, "quiet", False):
+            print(f"using the embedded model {name} ({registry.get(name).description.split(',')[0]}); "
+                  "--model vit_b_histopathology for the published PathoSAM", file=sys.stderr)
     semantic = None
     if classes:
         semantic = getattr(args, "semantic_decoder", None)
@@ -343,10 +349,13 @@ def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, cl
     if args.mode != "ais":
         raise ValueError("whole slides are segmented with --mode ais")
     params = {k: getattr(args, k) for k in AIS_OPTIONS if getattr(args, k) is not None}
-    ts = args.tile_shape or (384, 384)
+    from .automatic import auto_tiling
+
+    _, auto_tile, auto_halo = auto_tiling(model.img_size)  # 384 + 64 for SAM-size models
     options = SlideOptions(
         target_mpp=None if args.no_rescale else args.target_mpp, mpp=args.mpp,
-        roi=tuple(args.roi) if args.roi else None, tile_shape=ts, halo=args.halo or (64, 64),
+        roi=tuple(args.roi) if args.roi else None, tile_shape=args.tile_shape or auto_tile,
+        halo=args.halo or auto_halo,
         batch_size=args.batch_size, classes=args.classes, tissue=not args.no_tissue_mask,
         normalization=args.normalization, ais=AISParams(**params),
     )
@@ -512,6 +521,12 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     add_evaluate_parser(subparsers)
 
 
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .training.command import add_train_parser
+
+    add_train_parser(subparsers)
+
+
 # ---------------------------------------------------------------------------------------------
 
 #: Top-level commands, in help order. Each adds its subparser and sets ``handler``.
@@ -521,6 +536,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_embed_parser,
     add_serve_parser,
     _add_evaluate_parser,
+    _add_train_parser,
 ]
 
 

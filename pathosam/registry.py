@@ -18,6 +18,8 @@ from pathlib import Path
 
 _OWNCLOUD = "https://owncloud.gwdg.de/index.php/s/{}/download"
 _META = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+#: xxh128 of the bundled small model (pathosam/weights/pathosam_small.pt; docs/models.md).
+BUNDLED_HASH = "xxh128:28bf2996c6d5b62e79119c08bd2972d2"
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,19 @@ class ModelEntry:
     decoder: str | None = None
     semantic_decoder: str | None = None
     approx_size_mb: int | None = None
+    bundled: str | None = None  # file inside the pathosam package (shipped, never downloaded)
+
+
+#: The model used when none is named: pathosam's own small model, shipped inside the package.
+DEFAULT_MODEL = "pathosam_small"
 
 
 MODELS: dict[str, ModelEntry] = {
     e.name: e
     for e in [
+        ModelEntry(DEFAULT_MODEL, "", BUNDLED_HASH,
+                   "pathosam small model (ViT 96x4, 256 px input; SAM + AIS decoder), shipped with the package, "
+                   "CPU-friendly; see docs/models.md", approx_size_mb=12, bundled="weights/pathosam_small.pt"),
         ModelEntry("vit_b_histopathology", _OWNCLOUD.format("sBB4H8CTmIoBZsQ"),
                    "xxh128:ffd1a2cd84570458b257bd95fdd8f974", "PathoSAM ViT-B generalist (SAM weights)",
                    decoder="vit_b_histopathology_decoder",
@@ -101,8 +111,11 @@ def cache_dir() -> Path:
 
 
 def path(name: str) -> Path:
-    """Where the file of registry entry ``name`` lives (or will live) in the cache."""
-    get(name)
+    """Where the file of registry entry ``name`` lives (or will live) in the cache; bundled
+    models live inside the package."""
+    entry = get(name)
+    if entry.bundled:
+        return Path(__file__).resolve().parent / entry.bundled
     return cache_dir() / "models" / name
 
 
@@ -155,6 +168,8 @@ def fetch(name: str, progress: bool = True, download: bool = True) -> Path:
     target = path(name)
     if target.is_file():
         return target
+    if get(name).bundled:
+        raise ModelNotAvailableError(f"the bundled model file {target} is missing: reinstall pathosam")
     if not download or offline():
         raise ModelNotAvailableError(f"model file {name!r} is not in the cache. {_manual_hint(name)}")
     entry = get(name)

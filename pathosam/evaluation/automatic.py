@@ -225,7 +225,7 @@ def evaluate_automatic(
         image, padding = _padded(sample, pad_to)
         if mode == "ais":
             return decoder_maps(model, image, tile_shape, halo), padding, image.shape[:2]
-        ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo)
+        ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
         emb = model.embed(image, tile_shape=ts, halo=hl, progress=False)
         from ..instances.amg import generate_mask_candidates
 

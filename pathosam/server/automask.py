@@ -68,7 +68,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
 
     key = (source.key, image_key(b64img))
     cached = engine.cached(key)  # untiled embeddings only: use it when AIS would not tile either
-    if cached is not None and resolve_tiling(cached[1], "auto", None) == (None, None):
+    if cached is not None and resolve_tiling(cached[1], "auto", None, model.img_size) == (None, None):
         emb, shape = cached
         ts = hl = None
     else:
@@ -77,7 +77,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
         if min(shape) < MIN_SIDE:
             raise RequestError(400, f"image of {shape[1]}x{shape[0]} px is too small for automask "
                                     f"(at least {MIN_SIDE}x{MIN_SIDE})")
-        ts, hl = resolve_tiling(shape, "auto", None)
+        ts, hl = resolve_tiling(shape, "auto", None, model.img_size)
         emb = model.embed(rgb, tile_shape=ts, halo=hl, progress=False)
         if ts is None:
             engine.remember(key, emb, shape)

@@ -1,0 +1,1 @@
+"""Model weights shipped with pathosam (``pathosam_small.pt``; model card: docs/models.md)."""
