@@ -98,9 +98,9 @@ def plot_overlay(image: np.ndarray, gt: np.ndarray, seg: np.ndarray, path: str |
 
 
 def _csv(df, path: Path) -> Path:
-    with atomic_write(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return path
+    from ..io.table import write_table
+
+    return write_table(df, csv_path=path)[0]
 
 
 def write_automatic_report(evaluation, out_dir: str | os.PathLike, info: Mapping | None = None) -> dict[str, Path]:

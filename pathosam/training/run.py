@@ -21,19 +21,30 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..io.atomic import atomic_write
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``: CUDA, then MPS, then CPU."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+    """``"auto"``: CUDA, then MPS, then CPU (the rule of :class:`pathosam.model.PathoSAM`)."""
+    from ..model import _device
+
+    return _device(device)
+
+
+def resize_to_input(images: torch.Tensor, long_side: int, device: torch.device
+                    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """(B, 3, H, W) images 0..255 resized to ``long_side`` on the longest side (bilinear,
+    antialiased, as SAM's ``ResizeLongestSide``) on ``device``; also the model input size (h, w)
+    and the original size (H, W). Normalising and padding is ``Sam.preprocess``."""
+    H, W = images.shape[-2:]
+    scale = long_side / max(H, W)
+    h, w = int(H * scale + 0.5), int(W * scale + 0.5)
+    x = images.to(device, non_blocking=True).float()
+    if (h, w) != (H, W):
+        x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x, (h, w), (H, W)
 
 
 def autocast(device: torch.device, enabled: bool):

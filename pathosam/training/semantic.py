@@ -64,7 +64,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .losses import semantic_class_weights, semantic_loss
 from .run import (
@@ -72,6 +71,7 @@ from .run import (
     autocast,
     grad_scaler,
     load_checkpoint,
+    resize_to_input,
     resolve_device,
     save_checkpoint,
     seed_everything,
@@ -501,12 +501,7 @@ class SemanticTrainer:
     def logits(self, images: torch.Tensor, bn_mode: str, train: bool) -> torch.Tensor:
         """(B, 3, H, W) raw 0..255 images -> (B, C, H, W) float32 class scores at the patch size
         (raw outputs, or sigmoid outputs with ``head_activation="sigmoid"``)."""
-        H, W = images.shape[-2:]
-        scale = self.long_side / max(H, W)
-        h, w = int(H * scale + 0.5), int(W * scale + 0.5)
-        x = images.to(self.device, non_blocking=True).float()
-        if (h, w) != (H, W):
-            x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
+        x, (h, w), (H, W) = resize_to_input(images, self.long_side, self.device)
         with torch.set_grad_enabled(train and not self.config.freeze_encoder and torch.is_grad_enabled()):
             emb = self.sam.image_encoder(self.sam.preprocess(x))
         from ..models.unetr import postprocess_maps

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..image import transform_coords
 from .losses import dice_based_distance_loss, sam_loss
@@ -48,6 +47,7 @@ from .run import (
     grad_scaler,
     iteration_rng,
     load_checkpoint,
+    resize_to_input,
     resolve_device,
     save_checkpoint,
     seed_everything,
@@ -160,13 +160,8 @@ class JointTrainer:
     # ------------------------------------------------------------------ model inputs
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """Images (B, 3, H, W) 0..255 -> embeddings, model input size, original size."""
-        H, W = images.shape[-2:]
-        scale = self.long_side / max(H, W)
-        h, w = int(H * scale + 0.5), int(W * scale + 0.5)
-        x = images.to(self.device)
-        if (h, w) != (H, W):
-            x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
-        return self.sam.image_encoder(self.sam.preprocess(x)), (h, w), (H, W)
+        x, in_size, orig = resize_to_input(images, self.long_side, self.device)
+        return self.sam.image_encoder(self.sam.preprocess(x)), in_size, orig
 
     def _decode_prompts(self, emb: torch.Tensor, points, labels, boxes, mask_input, multimask: bool,
                         in_size, orig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
