@@ -53,7 +53,7 @@ class PixelMaps:
     def encode(self, batch):
         return [t.float() for t in batch]
 
-    def decode(self, features, input_sizes, original_sizes, what="instance", bn_mode="per_tile"):
+    def decode(self, features, input_sizes, original_sizes, what="instance", bn_mode="per_tile", inputs=None):
         import torch.nn.functional as F
 
         out = []

@@ -204,8 +204,8 @@ def _ais_untiled(model, image, params: AISParams, classes: bool, normalization) 
     t0 = time.perf_counter()
     tensor, in_size, orig = model_input(model, to_rgb_uint8(image, normalization))
     feats = model.encode([tensor])
-    maps = model.decode(feats, [in_size], [orig], "instance")[0]
-    sem = model.decode(feats, [in_size], [orig], "semantic")[0] if classes else None
+    maps = model.decode(feats, [in_size], [orig], "instance", inputs=[tensor])[0]
+    sem = model.decode(feats, [in_size], [orig], "semantic", inputs=[tensor])[0] if classes else None
     t1 = time.perf_counter()
     labels = ais_from_maps(maps, **params.__dict__)
     out = Segmentation(labels, "ais")
@@ -224,14 +224,15 @@ def decoder_maps(model, image: np.ndarray, tile_shape="auto", halo=None, what: s
     ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
     if ts is None:
         tensor, in_size, orig = model_input(model, to_rgb_uint8(image, normalization))
-        return model.decode(model.encode([tensor]), [in_size], [orig], what)[0]
+        return model.decode(model.encode([tensor]), [in_size], [orig], what, inputs=[tensor])[0]
     tiles = tile_grid(image.shape[:2], ts, hl)
     out = None
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
         inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)) for t in batch]
         tensors, in_sizes, origs = zip(*inputs)
-        for t, m in zip(batch, model.decode(model.encode(list(tensors)), in_sizes, origs, what)):
+        maps = model.decode(model.encode(list(tensors)), in_sizes, origs, what, inputs=list(tensors))
+        for t, m in zip(batch, maps):
             if out is None:
                 out = np.zeros((m.shape[0], *image.shape[:2]), np.float32)
             out[(slice(None), *tile_slices(t.inner))] = m[(slice(None), *tile_slices(t.inner_local))]
@@ -251,8 +252,8 @@ def run_tiles(model, inputs, classes: bool) -> tuple[list, list, float]:
     t0 = time.perf_counter()
     tensors, in_sizes, origs = zip(*inputs)
     feats = model.encode(list(tensors))
-    inst = model.decode(feats, in_sizes, origs, "instance")
-    sem = model.decode(feats, in_sizes, origs, "semantic") if classes else [None] * len(inputs)
+    inst = model.decode(feats, in_sizes, origs, "instance", inputs=list(tensors))
+    sem = model.decode(feats, in_sizes, origs, "semantic", inputs=list(tensors)) if classes else [None] * len(inputs)
     return inst, sem, time.perf_counter() - t0
 
 
@@ -320,7 +321,7 @@ def _amg(model, image, tile_shape, halo, params: dict, classes: bool, batch_size
     out = Segmentation(labels, "amg")
     t2 = time.perf_counter()
     if classes:
-        out.classes, out.class_probabilities = nucleus_classes(labels, model.semantic_maps(emb, progress=progress))
+        out.classes, out.class_probabilities = nucleus_classes(labels, model.semantic_maps(emb, progress=progress, image=image))
     out.seconds = {"model": t1 - t0, "amg": t2 - t1, "classes": time.perf_counter() - t2}
     return out
 

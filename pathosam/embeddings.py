@@ -150,6 +150,24 @@ def compute_embeddings(
     return load_cache(cache, sig)
 
 
+def block_inputs(image: np.ndarray, emb: ImageEmbeddings, indices, img_size: int = SAM_IMG_SIZE) -> list:
+    """The prepared model inputs (:func:`~pathosam.image.prepare_input` tensors) of the entries
+    ``indices`` of ``emb``, rebuilt from the ``image`` it was computed from (decoders that read
+    the image need them besides the embeddings)."""
+    image = np.asarray(image)
+    if tuple(image.shape[:2]) != tuple(emb.image_shape):
+        raise ValueError(f"image of shape {image.shape[:2]} is not the {tuple(emb.image_shape)} image of these embeddings")
+    H, W = emb.image_shape
+    minmax = emb.normalization == "minmax"
+    rgb_full = None if minmax else to_rgb_uint8(image, "none")  # as compute_embeddings
+    out = []
+    for i in indices:
+        sl = tile_slices(emb.tiles[i].outer) if emb.tiles else (slice(0, H), slice(0, W))
+        rgb = to_rgb_uint8(image[sl], "minmax") if minmax else rgb_full[sl]
+        out.append(prepare_input(rgb, img_size)[0])
+    return out
+
+
 def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled,
                    img_size=SAM_IMG_SIZE):
     """Encode the image ``blocks`` in batches into ``features``; returns input and original sizes."""

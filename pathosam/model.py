@@ -17,7 +17,7 @@ from .image import Normalization, prepare_input, transform_coords
 from .models.checkpoint import CheckpointError, decoder_flavour, read_checkpoint
 from .models.sam import Sam, build_sam, config_from_state_dict
 from .models.unetr import (BNMode, UNETRDecoder, embed_dim_from_state_dict, features_from_state_dict,
-                           postprocess_maps)
+                           has_image_skip, postprocess_maps)
 from .tiling import tile_slices
 
 
@@ -43,7 +43,7 @@ def build_decoder(state: dict[str, torch.Tensor], final_activation: str | None =
         features = features_from_state_dict(state)
         embed_dim = embed_dim_from_state_dict(state)
         decoder = UNETRDecoder(out_channels, transposed, embed_dim=embed_dim, final_activation=final_activation,
-                               features=features)
+                               features=features, image_skip=has_image_skip(state))
     except ValueError as err:
         raise CheckpointError(f"decoder weights: {err}") from None
     try:
@@ -114,11 +114,20 @@ class PathoSAM:
         return prepare_input(rgb, self.img_size)
 
     # ------------------------------------------------------------------ embeddings
+    def _preprocess(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, S, S) normalised, padded model input of prepared inputs (:meth:`prepare_input`)."""
+        return torch.cat([self.sam.preprocess(t.to(self.device)[None]) for t in batch])
+
     @torch.inference_mode()
     def encode(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """Embeddings (B, *embedding_shape) on the model's device of prepared inputs (:meth:`prepare_input`)."""
-        x = torch.cat([self.sam.preprocess(t.to(self.device)[None]) for t in batch])
-        return self.sam.image_encoder(x).float()
+        return self.sam.image_encoder(self._preprocess(batch)).float()
+
+    def needs_image(self, what: str = "instance") -> bool:
+        """Whether the ``what`` decoder also reads the input image (``image_skip``), so decoder
+        maps need the image besides the embeddings."""
+        decoder = self.decoder if what == "instance" else self.semantic_decoder
+        return bool(getattr(decoder, "image_skip", False))
 
     def _encode(self, batch: list[torch.Tensor]) -> np.ndarray:
         return self.encode(batch).cpu().numpy()
@@ -142,35 +151,48 @@ class PathoSAM:
     # ------------------------------------------------------------------ decoder maps
     def decode(
         self, features: np.ndarray | torch.Tensor, input_sizes, original_sizes, what: str = "instance",
-        bn_mode: BNMode = "per_tile",
+        bn_mode: BNMode = "per_tile", inputs: list[torch.Tensor] | None = None,
     ) -> list[np.ndarray]:
         """Decoder maps of a batch of embeddings (B, *embedding_shape), one float32 (C, h, w) array per
-        item at its ``original_sizes[i]`` (H, W); ``what`` = "instance" (C=3) or "semantic" (C=6)."""
+        item at its ``original_sizes[i]`` (H, W); ``what`` = "instance" (C=3) or "semantic" (C=6).
+        ``inputs``: the prepared inputs the embeddings came from (as given to :meth:`encode`);
+        needed when :meth:`needs_image`."""
         decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
             raise RuntimeError(f"this model has no {what} decoder loaded")
         with torch.inference_mode():
             feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
-            maps = decoder(feats.to(self.device), bn_mode)
+            image = None
+            if self.needs_image(what):
+                if inputs is None:
+                    raise ValueError(f"the {what} decoder of {self.name} reads the input image: pass inputs=")
+                image = self._preprocess(list(inputs))
+            maps = decoder(feats.to(self.device), bn_mode, image)
             return [postprocess_maps(maps[j : j + 1], input_sizes[j], original_sizes[j])[0].float().cpu().numpy()
                     for j in range(maps.shape[0])]
 
     def _maps(
         self, what: str, emb: ImageEmbeddings, bn_mode: BNMode, batch_size: int, progress: bool,
+        image: np.ndarray | None = None,
     ) -> np.ndarray:
         from tqdm.auto import tqdm
+
+        from .embeddings import block_inputs
 
         decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
             raise RuntimeError(f"this model has no {what} decoder loaded")
+        if self.needs_image(what) and image is None:
+            raise ValueError(f"the {what} decoder of {self.name} reads the input image: pass image=")
         H, W = emb.image_shape
         out = np.zeros((decoder.out_channels, H, W), dtype=np.float32)
         n = len(emb)
         bar = tqdm(total=n, desc=f"{what} maps", disable=not progress or n == 1)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
+            inputs = block_inputs(image, emb, range(start, stop), self.img_size) if self.needs_image(what) else None
             tiles_maps = self.decode(emb.features[start:stop], emb.input_sizes[start:stop],
-                                     emb.original_sizes[start:stop], what, bn_mode)
+                                     emb.original_sizes[start:stop], what, bn_mode, inputs)
             for i, tile_maps in zip(range(start, stop), tiles_maps):
                 if emb.tiles is None:
                     out[:] = tile_maps
@@ -184,16 +206,20 @@ class PathoSAM:
         return out
 
     def instance_maps(
-        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
+        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True,
+        image: np.ndarray | None = None,
     ) -> np.ndarray:
-        """float32 (3, H, W): foreground probability, centre distance, boundary distance."""
-        return self._maps("instance", emb, bn_mode, batch_size, progress)
+        """float32 (3, H, W): foreground probability, centre distance, boundary distance.
+        ``image``: the image of ``emb``, needed when :meth:`needs_image`."""
+        return self._maps("instance", emb, bn_mode, batch_size, progress, image)
 
     def semantic_maps(
-        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True
+        self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True,
+        image: np.ndarray | None = None,
     ) -> np.ndarray:
-        """float32 (6, H, W) per-class sigmoid scores (background + 5 PanNuke classes); argmax = class."""
-        return self._maps("semantic", emb, bn_mode, batch_size, progress)
+        """float32 (6, H, W) per-class sigmoid scores (background + 5 PanNuke classes); argmax = class.
+        ``image``: the image of ``emb``, needed when :meth:`needs_image`."""
+        return self._maps("semantic", emb, bn_mode, batch_size, progress, image)
 
     # ------------------------------------------------------------------ prompts
     @torch.inference_mode()

@@ -30,7 +30,7 @@ class MapsFromImage(PathoSAM):
     def encode(self, batch):
         return torch.stack([F.pad(t.float(), (0, 1024 - t.shape[2], 0, 1024 - t.shape[1])) for t in batch])
 
-    def decode(self, features, input_sizes, original_sizes, what="instance", bn_mode="per_tile"):
+    def decode(self, features, input_sizes, original_sizes, what="instance", bn_mode="per_tile", inputs=None):
         out = []
         for x, ins, orig in zip(features, input_sizes, original_sizes):
             x = F.interpolate(x[None, :, : ins[0], : ins[1]], tuple(orig), mode="bilinear", align_corners=False)[0]

@@ -163,3 +163,26 @@ def test_cli_train_and_resume(data_dir, tmp_path, capsys):
     assert "trained 3 iterations" in capsys.readouterr().out
     assert main([*more, "--resume", "--lr", "0.5"]) == 1  # other settings: refused
     assert "other settings" in capsys.readouterr().err
+
+
+def test_cli_image_skip_branch_is_trained_and_kept_on_resume(data_dir, tmp_path, capsys):
+    from pathosam.cli import main
+    from pathosam.models.checkpoint import read_checkpoint
+
+    paths = small().save(tmp_path / "start.pt")
+    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
+            "--image-skip", "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "1",
+            "--patch-shape", "96", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "2",
+            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
+    assert main(args) == 0
+    dec = read_checkpoint(tmp_path / "run" / "export" / "sam_decoder.pt").decoder_state
+    head = dec["decoder_head.block.1.weight"]
+    assert head.shape[1] == 3 * 8 and "image_conv.block.1.weight" in dec
+    assert head[:, 16:].abs().sum() > 0  # the new channels started at zero and were trained
+    model = pathosam.load_model(tmp_path / "run" / "checkpoints" / "latest.pt", device="cpu")
+    assert model.needs_image()
+    capsys.readouterr()
+    more = [a if a != "2" or args[i - 1] != "--iterations" else "3" for i, a in enumerate(args)]
+    assert main([a for a in more if a != "--image-skip"] + ["--resume"]) == 1
+    assert "--image-skip" in capsys.readouterr().err
+    assert main([*more, "--resume"]) == 0

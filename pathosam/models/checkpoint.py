@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-DECODER_PREFIXES = ("decoder.", "deconv", "base.", "out_conv.", "decoder_head.")
+DECODER_PREFIXES = ("decoder.", "deconv", "base.", "out_conv.", "decoder_head.", "image_conv.")
 # Namespaces whose pickled objects (in a training checkpoint's ``init``) we replace by inert
 # stand-ins; any other global is refused.
 _STUBBABLE = ("torch.", "segment_anything.", "micro_sam.", "torch_em.", "collections.", "numpy.",

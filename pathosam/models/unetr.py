@@ -21,6 +21,8 @@ Running statistics are never updated at inference (micro-sam updates them; we do
 
 from __future__ import annotations
 
+import copy
+
 from typing import Literal
 
 import torch
@@ -52,6 +54,11 @@ def features_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, int, 
         return tuple(int(state[f"deconv{i}.block.1.block.weight"].shape[0]) for i in range(1, 5))
     except KeyError as err:
         raise ValueError(f"not UNETR decoder weights: key {err.args[0]!r} is missing") from None
+
+
+def has_image_skip(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a UNETR decoder state has the ``image_skip`` branch (``image_conv.*`` keys)."""
+    return any(k.startswith("image_conv.") for k in state)
 
 
 def embed_dim_from_state_dict(state: dict[str, torch.Tensor]) -> int:
@@ -218,6 +225,10 @@ class UNETRDecoder(nn.Module):
 
     ``features``: the four channel widths, coarse to fine (torch-em's (512, 256, 128, 64)), or
     one int = the finest width, doubled per level (64 = the reference; 32 or 16 = narrower).
+
+    ``image_skip``: also read the (preprocessed) model input image through a conv block at full
+    resolution (``image_conv``), joined before ``decoder_head`` (torch-em's UNETR skip from the
+    input). Not in the released decoders; small models use it for pixel-accurate boundaries.
     """
 
     def __init__(
@@ -227,6 +238,7 @@ class UNETRDecoder(nn.Module):
         embed_dim: int = 256,
         final_activation: Literal["sigmoid"] | None = "sigmoid",
         features: int | tuple[int, ...] = FEATURES,
+        image_skip: bool = False,
     ) -> None:
         super().__init__()
         f = unetr_features(features)
@@ -244,14 +256,22 @@ class UNETRDecoder(nn.Module):
         self.base = ConvBlock(embed_dim, f[0])
         self.out_conv = nn.Conv2d(f[3], out_channels, kernel_size=1)
         self.deconv_out = _upsampler(transposed, f[3], f[3])
-        self.decoder_head = ConvBlock(2 * f[3], f[3])
+        self.image_skip = bool(image_skip)
+        self.decoder_head = ConvBlock((3 if image_skip else 2) * f[3], f[3])
+        if image_skip:  # registered last: the reference keys keep their order
+            self.image_conv = ConvBlock(3, f[3])
 
-    def forward(self, embeddings: torch.Tensor, bn_mode: BNMode = "per_tile") -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, bn_mode: BNMode = "per_tile",
+                image: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 256, h, w) embeddings -> (B, C, 16h, 16w) maps in model-input space
         ((B, 256, 64, 64) -> (B, C, 1024, 1024) for SAM).
 
-        Runs in channels-last layout (2x faster convolutions on CPU); the output is contiguous.
+        ``image``: the (B, 3, 16h, 16w) preprocessed model input (``Sam.preprocess``); needed by
+        an ``image_skip`` decoder, ignored otherwise. Runs in channels-last layout (2x faster
+        convolutions on CPU); the output is contiguous.
         """
+        if self.image_skip and image is None:
+            raise ValueError("this decoder reads the input image (image_skip): pass image=")
         embeddings = embeddings.contiguous(memory_format=torch.channels_last)
         z9 = self.deconv1(embeddings, bn_mode)
         z6 = self.deconv2(z9, bn_mode)
@@ -259,11 +279,29 @@ class UNETRDecoder(nn.Module):
         z0 = self.deconv4(z3, bn_mode)
         x = self.decoder(self.base(embeddings), [z9, z6, z3])
         del z9, z6, z3
-        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        parts = [self.deconv_out(x), z0]
+        if self.image_skip:
+            parts.append(self.image_conv(image.contiguous(memory_format=torch.channels_last)))
+        x = self.decoder_head(torch.cat(parts, dim=1))
         x = self.out_conv(x)
         if self.final_activation == "sigmoid":
             x = torch.sigmoid(x)
         return x.contiguous()
+
+    def with_image_skip(self) -> "UNETRDecoder":
+        """A copy with an ``image_skip`` branch that computes exactly what this decoder does: the
+        new input channels of ``decoder_head`` start at zero (the new branch is then trained)."""
+        if self.image_skip:
+            return copy.deepcopy(self)
+        new = UNETRDecoder(self.out_channels, self.transposed, self.embed_dim, self.final_activation,
+                           self.features, image_skip=True).to(next(self.parameters()).device)
+        state = {k: v.clone() for k, v in self.state_dict().items()}
+        key = "decoder_head.block.1.weight"
+        w = state[key]
+        state[key] = torch.cat([w, w.new_zeros(w.shape[0], w.shape[1] // 2, *w.shape[2:])], dim=1)
+        state.update({k: v for k, v in new.state_dict().items() if k.startswith("image_conv.")})
+        new.load_state_dict(state, strict=True)
+        return new
 
     def _apply(self, fn, recurse=True):  # keep 4-D conv weights channels-last on every .to()
         super()._apply(fn, recurse)

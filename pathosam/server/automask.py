@@ -68,9 +68,12 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
 
     key = (source.key, image_key(b64img))
     cached = engine.cached(key)  # untiled embeddings only: use it when AIS would not tile either
+    rgb = None
     if cached is not None and resolve_tiling(cached[1], "auto", None, model.img_size) == (None, None):
         emb, shape = cached
         ts = hl = None
+        if model.needs_image():
+            rgb = decode_image(b64img, engine.max_image_pixels)
     else:
         rgb = decode_image(b64img, engine.max_image_pixels)
         shape = rgb.shape[:2]
@@ -81,7 +84,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
         emb = model.embed(rgb, tile_shape=ts, halo=hl, progress=False)
         if ts is None:
             engine.remember(key, emb, shape)
-    maps = model.instance_maps(emb, progress=False)
+    maps = model.instance_maps(emb, progress=False, image=rgb)
     if ts is None:
         labels = ais_from_maps(maps)
     else:

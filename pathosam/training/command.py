@@ -34,6 +34,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                         "random model 'new:WIDTH,DEPTH,IMG_SIZE,DECODER_FEATURES' (e.g. new:96,4,256,16)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--decoder", help="separate AIS decoder file for --from")
+    p.add_argument("--image-skip", action="store_true",
+                   help="give the AIS decoder a full-resolution branch on the input image (new branch starts "
+                        "at zero, so a trained decoder computes the same maps before training)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, logs, export)")
     p.add_argument("--semantic", action="store_true", help="train the semantic (class) head instead")
     p.add_argument("--iterations", type=int, default=1000, help="training iterations (1000)")
@@ -127,10 +130,16 @@ def _initial_model(args):
 def _train(args: argparse.Namespace) -> int:
     import torch
 
+    from ..cli import UsageError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     train, val = _datasets(args)
     model = _initial_model(args)
+    if args.image_skip:
+        if model.decoder is None:
+            raise UsageError("--image-skip needs a model with an AIS decoder")
+        model.decoder = model.decoder.with_image_skip()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))

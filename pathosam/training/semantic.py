@@ -339,6 +339,8 @@ def init_semantic_decoder(
         kwargs["features"] = features
     elif ais is not None and getattr(ais, "features", None) is not None:
         kwargs["features"] = ais.features
+    if init == "pretrained" and getattr(ais, "image_skip", False):
+        kwargs["image_skip"] = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         dec = UNETRDecoder(num_classes, transposed, embed_dim=_embed_dim(model), final_activation="sigmoid", **kwargs)
@@ -502,13 +504,14 @@ class SemanticTrainer:
         """(B, 3, H, W) raw 0..255 images -> (B, C, H, W) float32 class scores at the patch size
         (raw outputs, or sigmoid outputs with ``head_activation="sigmoid"``)."""
         x, (h, w), (H, W) = resize_to_input(images, self.long_side, self.device)
+        x = self.sam.preprocess(x)
         with torch.set_grad_enabled(train and not self.config.freeze_encoder and torch.is_grad_enabled()):
-            emb = self.sam.image_encoder(self.sam.preprocess(x))
+            emb = self.sam.image_encoder(x)
         from ..models.unetr import postprocess_maps
 
         activation = "sigmoid" if self.config.head_activation == "sigmoid" else None
         with _head(self.decoder, activation):
-            maps = self.decoder(emb, bn_mode)
+            maps = self.decoder(emb, bn_mode, x)
         return postprocess_maps(maps.float(), (h, w), (H, W))
 
     def loss(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

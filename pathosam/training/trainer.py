@@ -160,8 +160,14 @@ class JointTrainer:
     # ------------------------------------------------------------------ model inputs
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """Images (B, 3, H, W) 0..255 -> embeddings, model input size, original size."""
+        emb, _, in_size, orig = self._encode_with_input(images)
+        return emb, in_size, orig
+
+    def _encode_with_input(self, images: torch.Tensor):
+        """As :meth:`_encode`, also the preprocessed model input (for decoders that read it)."""
         x, in_size, orig = resize_to_input(images, self.long_side, self.device)
-        return self.sam.image_encoder(self.sam.preprocess(x)), in_size, orig
+        x = self.sam.preprocess(x)
+        return self.sam.image_encoder(x), x, in_size, orig
 
     def _decode_prompts(self, emb: torch.Tensor, points, labels, boxes, mask_input, multimask: bool,
                         in_size, orig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,8 +255,8 @@ class JointTrainer:
     def unetr_loss(self, images: torch.Tensor, targets: torch.Tensor, bn_mode: str) -> torch.Tensor:
         from ..models.unetr import postprocess_maps
 
-        emb, in_size, orig = self._encode(images)
-        maps = postprocess_maps(self.decoder(emb, bn_mode).float(), in_size, orig)
+        emb, x, in_size, orig = self._encode_with_input(images)
+        maps = postprocess_maps(self.decoder(emb, bn_mode, x).float(), in_size, orig)
         return dice_based_distance_loss(maps, targets[:, 1:].to(self.device).float()).total
 
     # ------------------------------------------------------------------ validation
@@ -297,6 +303,13 @@ class JointTrainer:
         """Restore a :meth:`checkpoint` (weights, optimizer, scheduler, scaler, iteration)."""
         self.sam.load_state_dict({k[len("sam."):]: v for k, v in ck["model_state"].items()})
         if self.decoder is not None and ck.get("decoder_state"):
+            from ..models.unetr import has_image_skip
+
+            want = has_image_skip(ck["decoder_state"])
+            if want != self.decoder.image_skip:
+                raise ValueError(f"the run's AIS decoder has {'an' if want else 'no'} image-skip branch, this "
+                                 f"model's has {'one' if self.decoder.image_skip else 'none'}: resume "
+                                 f"with{'' if want else 'out'} --image-skip")
             self.decoder.load_state_dict(ck["decoder_state"])
         self.optimizer.load_state_dict(ck["optimizer_state"])
         self.scheduler.load_state_dict(ck["scheduler_state"])
