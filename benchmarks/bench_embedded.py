@@ -1,6 +1,7 @@
 """The embedded small model against the classical baseline (accuracy) and ViT-B (CPU time).
 
-Accuracy: AIS mSA (reference post-processing defaults, images tiled as ``pathosam segment`` does)
+Accuracy: AIS mSA (the model's registered post-processing, i.e. ``pathosam segment``'s defaults;
+images tiled as ``pathosam segment`` does)
 of the bundled model and of ``pathosam.evaluation.baseline.classical_nuclei`` on the validation
 images the model never saw (listed in ``docs/models.md`` and ``RUN/data.json``), per dataset.
 Interactive: one positive point at every ground-truth object's centre (the reference's

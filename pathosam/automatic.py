@@ -101,6 +101,12 @@ def model_input(model, rgb: np.ndarray):
     return prepare_input(rgb, getattr(model, "img_size", LONG_SIDE))
 
 
+def ais_params(model, params: dict | None = None) -> AISParams:
+    """AIS post-processing parameters for ``model``: ``params``, else the model's recommended
+    values (``PathoSAM.ais_defaults``, from the registry), else the reference's defaults."""
+    return AISParams(**{**getattr(model, "ais_defaults", {}), **(params or {})})
+
+
 def _split_params(mode: str, params: dict) -> dict:
     allowed = [f.name for f in fields(AISParams)] if mode == "ais" else list(AMG_PARAMETERS)
     unknown = sorted(set(params) - set(allowed))
@@ -145,7 +151,8 @@ def segment_nuclei(
         Show progress bars.
     **params
         Post-processing parameters: for AIS the fields of :class:`AISParams`
-        (``center_distance_threshold``, ..., ``min_size``), for AMG those of
+        (``center_distance_threshold``, ..., ``min_size``; those not given come from the
+        model's ``ais_defaults``, then the reference's defaults), for AMG those of
         :func:`pathosam.instances.amg.amg_from_embeddings` (``pred_iou_thresh``, ...).
 
     Returns
@@ -176,7 +183,7 @@ def segment_nuclei(
                          f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
     ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
     if mode == "ais":
-        ais = AISParams(**params)
+        ais = ais_params(model, params)
         if ts is None:
             result = _ais_untiled(model, image, ais, classes, normalization)
         else:

@@ -186,7 +186,7 @@ def load_model_from_args(args: argparse.Namespace, classes: bool = False):
     if name is None:
         name = registry.DEFAULT_MODEL
         if not getattr(args, "quiet", False):
-            print(f"using the embedded model {name} ({registry.get(name).description.split(',')[0]}); "
+            print(f"using the embedded model {name} (small, fast on CPU; docs/models.md); "
                   "--model vit_b_histopathology for the published PathoSAM", file=sys.stderr)
     semantic = None
     if classes:
@@ -343,13 +343,12 @@ def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, cl
     """The whole-slide path of ``pathosam segment``; returns the number of nuclei."""
     import time
 
-    from .instances.tiled import AISParams
     from .wsi.pipeline import SlideOptions, segment_slide
 
     if args.mode != "ais":
         raise ValueError("whole slides are segmented with --mode ais")
     params = {k: getattr(args, k) for k in AIS_OPTIONS if getattr(args, k) is not None}
-    from .automatic import auto_tiling
+    from .automatic import ais_params, auto_tiling
 
     _, auto_tile, auto_halo = auto_tiling(model.img_size)  # 384 + 64 for SAM-size models
     options = SlideOptions(
@@ -357,7 +356,7 @@ def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, cl
         roi=tuple(args.roi) if args.roi else None, tile_shape=args.tile_shape or auto_tile,
         halo=args.halo or auto_halo,
         batch_size=args.batch_size, classes=args.classes, tissue=not args.no_tissue_mask,
-        normalization=args.normalization, ais=AISParams(**params),
+        normalization=args.normalization, ais=ais_params(model, params),
     )
     t0 = time.perf_counter()
     man = segment_slide(path, model, args.output, options, name=name, progress=not args.quiet, client=client)
@@ -396,7 +395,8 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="none: RGB uint8 as is (default); minmax: per-channel stretch per tile")
     p.add_argument("--formats", default="tif,geojson,csv,parquet",
                    help="comma-separated outputs among tif, geojson, geojson.gz, csv, parquet (default: all but .gz)")
-    g = p.add_argument_group("AIS post-processing (reference defaults)")
+    g = p.add_argument_group("AIS post-processing (defaults: the reference's, or the registered model's own, "
+                             "e.g. pathosam_small's size filter; see `pathosam models list`)")
     g.add_argument("--center-distance-threshold", type=float, help="seed threshold on the centre distance (0.5)")
     g.add_argument("--boundary-distance-threshold", type=float, help="seed threshold on the boundary distance (0.5)")
     g.add_argument("--foreground-threshold", type=float, help="foreground probability threshold (0.5)")

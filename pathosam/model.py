@@ -69,6 +69,7 @@ class PathoSAM:
         device: str | torch.device | None = None,
         name: str = "custom",
         model_id: str | None = None,
+        ais_defaults: dict | None = None,
     ) -> None:
         self.device = _device(device)
         self.sam = sam.eval().to(self.device)
@@ -76,6 +77,9 @@ class PathoSAM:
         self.semantic_decoder = semantic_decoder.eval().to(self.device) if semantic_decoder is not None else None
         self.name = name
         self.model_id = model_id or name
+        #: AIS post-processing parameters recommended for this model (the registry's), used
+        #: instead of the reference's defaults where no value is given.
+        self.ais_defaults = dict(ais_defaults or {})
 
     def save(self, path: str | os.PathLike, layout: str = "released") -> list[Path]:
         """Write the weights: ``"released"`` = plain SAM dict at ``path`` + ``<stem>_decoder<suffix>``
@@ -382,8 +386,10 @@ def load_model(
 
     name = str(model)
     model_id = name
+    ais_defaults: dict = {}
     if registry.is_registered(name) and not Path(name).exists():
         entry = registry.get(name)
+        ais_defaults = dict(entry.ais_defaults)
         sam_path = registry.fetch(name, progress=progress)
         model_id = f"{name}:{entry.hash}"
         if decoder is None and entry.decoder:
@@ -426,4 +432,5 @@ def load_model(
             raise CheckpointError(f"{semantic_decoder}: holds no UNETR decoder weights")
         sem = build_decoder(sck.decoder_state)
         model_id += f"+sem:{registry.file_hash(semantic_decoder)}"
-    return PathoSAM(sam, inst, sem, device=device, name=Path(name).name, model_id=model_id)
+    return PathoSAM(sam, inst, sem, device=device, name=Path(name).name, model_id=model_id,
+                    ais_defaults=ais_defaults)

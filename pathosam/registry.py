@@ -19,7 +19,7 @@ from pathlib import Path
 _OWNCLOUD = "https://owncloud.gwdg.de/index.php/s/{}/download"
 _META = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 #: xxh128 of the bundled small model (pathosam/weights/pathosam_small.pt; docs/models.md).
-BUNDLED_HASH = "xxh128:28bf2996c6d5b62e79119c08bd2972d2"
+BUNDLED_HASH = "xxh128:d85fb357673f93c4cd7de8d88609df6e"
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class ModelEntry:
     semantic_decoder: str | None = None
     approx_size_mb: int | None = None
     bundled: str | None = None  # file inside the pathosam package (shipped, never downloaded)
+    #: AIS post-processing recommended for this model, over the reference's defaults (an explicit
+    #: parameter wins); e.g. a size filter for the small model.
+    ais_defaults: tuple[tuple[str, float], ...] = ()
 
 
 #: The model used when none is named: pathosam's own small model, shipped inside the package.
@@ -44,8 +47,9 @@ MODELS: dict[str, ModelEntry] = {
     e.name: e
     for e in [
         ModelEntry(DEFAULT_MODEL, "", BUNDLED_HASH,
-                   "pathosam small model (ViT 96x4, 256 px input; SAM + AIS decoder), shipped with the package, "
-                   "CPU-friendly; see docs/models.md", approx_size_mb=12, bundled="weights/pathosam_small.pt"),
+                   "pathosam small model (ViT 96x4, 256 px input; SAM + AIS decoder with image skip), shipped with "
+                   "the package, CPU-friendly; AIS drops nuclei < 100 px; see docs/models.md", approx_size_mb=12,
+                   bundled="weights/pathosam_small.pt", ais_defaults=(("min_size", 100),)),
         ModelEntry("vit_b_histopathology", _OWNCLOUD.format("sBB4H8CTmIoBZsQ"),
                    "xxh128:ffd1a2cd84570458b257bd95fdd8f974", "PathoSAM ViT-B generalist (SAM weights)",
                    decoder="vit_b_histopathology_decoder",

@@ -261,7 +261,7 @@ def evaluate_automatic(
         chosen = dict(params or {})
         if mode == "ais":
             defaults = {"center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5,
-                        "distance_smoothing": 1.6, "min_size": 0}
+                        "distance_smoothing": 1.6, "min_size": 0, **getattr(model, "ais_defaults", {})}
         else:
             defaults = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
         chosen = {**defaults, **chosen}
