@@ -186,3 +186,23 @@ def test_cli_image_skip_branch_is_trained_and_kept_on_resume(data_dir, tmp_path,
     assert main([a for a in more if a != "--image-skip"] + ["--resume"]) == 1
     assert "--image-skip" in capsys.readouterr().err
     assert main([*more, "--resume"]) == 0
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(gbm40, tmp_path, monkeypatch):
+    train, _ = gbm40
+    cfg = TrainConfig(iterations=3, **{**FAST, "checkpoint_every": 1})
+    t = JointTrainer(small(), train, None, tmp_path, cfg, device="cpu")
+    real = t.train_step
+
+    def dies_at_2(it):
+        if it == 2:
+            raise KeyboardInterrupt
+        return real(it)
+
+    monkeypatch.setattr(t, "train_step", dies_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(progress=False)
+    latest = torch.load(tmp_path / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+    assert latest["iteration"] == 2  # the last finished iteration, not only the numbered checkpoint
+    again = JointTrainer(small(), train, None, tmp_path, cfg, device="cpu")
+    assert again.fit(resume=True, progress=False).iteration == 3

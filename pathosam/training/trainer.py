@@ -360,6 +360,7 @@ class JointTrainer:
                     self._after_validation(log, self.validate())
                 if (it + 1) % cfg.checkpoint_every == 0:
                     self._save(f"iter_{it + 1}")
+                    self._save("latest")  # a killed run resumes from here
                 done_here += 1
                 if stop_after is not None and done_here >= stop_after and self.state.iteration < cfg.iterations:
                     self._save("latest")
