@@ -150,22 +150,20 @@ def compute_embeddings(
     return load_cache(cache, sig)
 
 
-def block_inputs(image: np.ndarray, emb: ImageEmbeddings, indices, img_size: int = SAM_IMG_SIZE) -> list:
-    """The prepared model inputs (:func:`~pathosam.image.prepare_input` tensors) of the entries
-    ``indices`` of ``emb``, rebuilt from the ``image`` it was computed from (decoders that read
-    the image need them besides the embeddings)."""
+def iter_block_inputs(image: np.ndarray, emb: ImageEmbeddings, img_size: int = SAM_IMG_SIZE):
+    """Yield the prepared model input (:func:`~pathosam.image.prepare_input` tensor) of every entry
+    of ``emb`` in order, rebuilt from the ``image`` it was computed from (decoders that read the
+    image need them besides the embeddings); one tile in memory at a time."""
     image = np.asarray(image)
     if tuple(image.shape[:2]) != tuple(emb.image_shape):
         raise ValueError(f"image of shape {image.shape[:2]} is not the {tuple(emb.image_shape)} image of these embeddings")
     H, W = emb.image_shape
     minmax = emb.normalization == "minmax"
-    rgb_full = None if minmax else to_rgb_uint8(image, "none")  # as compute_embeddings
-    out = []
-    for i in indices:
+    rgb_full = None if minmax else to_rgb_uint8(image, "none")  # once, as compute_embeddings
+    for i in range(len(emb)):
         sl = tile_slices(emb.tiles[i].outer) if emb.tiles else (slice(0, H), slice(0, W))
         rgb = to_rgb_uint8(image[sl], "minmax") if minmax else rgb_full[sl]
-        out.append(prepare_input(rgb, img_size)[0])
-    return out
+        yield prepare_input(rgb, img_size)[0]
 
 
 def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled,

@@ -181,20 +181,25 @@ class PathoSAM:
     ) -> np.ndarray:
         from tqdm.auto import tqdm
 
-        from .embeddings import block_inputs
+        from itertools import islice
+
+        from .embeddings import iter_block_inputs
 
         decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
             raise RuntimeError(f"this model has no {what} decoder loaded")
-        if self.needs_image(what) and image is None:
-            raise ValueError(f"the {what} decoder of {self.name} reads the input image: pass image=")
+        block_inputs = None
+        if self.needs_image(what):
+            if image is None:
+                raise ValueError(f"the {what} decoder of {self.name} reads the input image: pass image=")
+            block_inputs = iter_block_inputs(image, emb, self.img_size)
         H, W = emb.image_shape
         out = np.zeros((decoder.out_channels, H, W), dtype=np.float32)
         n = len(emb)
         bar = tqdm(total=n, desc=f"{what} maps", disable=not progress or n == 1)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            inputs = block_inputs(image, emb, range(start, stop), self.img_size) if self.needs_image(what) else None
+            inputs = list(islice(block_inputs, stop - start)) if block_inputs is not None else None
             tiles_maps = self.decode(emb.features[start:stop], emb.input_sizes[start:stop],
                                      emb.original_sizes[start:stop], what, bn_mode, inputs)
             for i, tile_maps in zip(range(start, stop), tiles_maps):

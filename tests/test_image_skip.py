@@ -21,12 +21,7 @@ from pathosam.models.unetr import UNETRDecoder, has_image_skip
 from tests.test_small_models import _randomise, small_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

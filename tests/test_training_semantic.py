@@ -79,14 +79,7 @@ def color_blobs(size: int = 64, seed: int = 0) -> Sample:
     return Sample(f"blobs{seed}", image, labels, classes)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The small model's tensors are tiny: one thread is many times faster than two (and immune
-    to OpenMP spin-waiting on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def same(a, b) -> bool:
