@@ -303,3 +303,30 @@ def test_print_per_tile_timing(tiny_files, capsys):
             enc, dec = _tile_seconds(model, tile)
             print(f"  {name:45s} encoder {enc:6.3f} s  decoder {dec:6.3f} s  total {enc + dec:6.3f} s")
 
+
+
+def test_with_input_size_interpolates_the_positions_and_keeps_everything_else():
+    from pathosam.models import with_input_size
+
+    sam = build_sam(SamConfig(**SMALL, img_size=256, window_size=8))
+    _randomise(sam, 3)
+    same = with_input_size(sam, 256)
+    for (k, a), b in zip(sam.state_dict().items(), same.state_dict().values()):
+        assert torch.equal(a, b), k
+    big = with_input_size(sam, 512)
+    assert big.img_size == 512 and config_from_state_dict(big.state_dict()) == SamConfig(**SMALL, img_size=512, window_size=8)
+    small_state, big_state = sam.state_dict(), big.state_dict()
+    resized = {"image_encoder.pos_embed", "image_encoder.blocks.1.attn.rel_pos_h", "image_encoder.blocks.1.attn.rel_pos_w"}
+    for k, v in small_state.items():
+        if k not in resized:
+            assert torch.equal(v, big_state[k]), k  # windowed blocks, prompt encoder, mask decoder
+    assert big_state["image_encoder.pos_embed"].shape == (1, 32, 32, 64)
+    assert big_state["image_encoder.blocks.1.attn.rel_pos_h"].shape[0] == 63
+    # a smooth field stays the same field: the mean of the position embedding is kept
+    pos = small_state["image_encoder.pos_embed"]
+    assert torch.allclose(big_state["image_encoder.pos_embed"].mean((1, 2)), pos.mean((1, 2)), atol=0.01)
+    with torch.no_grad():
+        emb = big.image_encoder(big.preprocess(torch.rand(1, 3, 512, 512) * 255))
+    assert emb.shape == (1, 256, 32, 32) and torch.isfinite(emb).all()
+    with pytest.raises(ValueError, match="multiple of 16"):
+        with_input_size(sam, 500)

@@ -182,6 +182,26 @@ def test_cli_image_skip_branch_is_trained_and_kept_on_resume(data_dir, tmp_path,
     assert main([*more, "--resume"]) == 0
 
 
+def test_cli_input_size_trains_at_the_new_size_and_resume_needs_it(data_dir, tmp_path, capsys):
+    from pathosam.cli import main
+
+    paths = small().save(tmp_path / "start.pt")
+    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
+            "--input-size", "512", "--out", str(tmp_path / "run"), "--iterations", "1", "--batch-size", "1",
+            "--patch-shape", "192", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "1",
+            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
+    assert main(args) == 0
+    model = pathosam.load_model(tmp_path / "run" / "checkpoints" / "latest.pt", device="cpu")
+    assert model.sam.img_size == 512 and model.sam.config.global_attn_indexes == (1,)
+    capsys.readouterr()
+    more = [a if a != "1" or args[i - 1] != "--iterations" else "2" for i, a in enumerate(args)]
+    assert main([*more[:7], *more[9:], "--resume"]) == 1  # without --input-size 512
+    assert "--input-size 512" in capsys.readouterr().err
+    assert main([*more, "--resume"]) == 0
+    assert main([*args[:7], "--input-size", "500", *args[9:], "--out", str(tmp_path / "bad")]) == 2  # usage error
+    assert "multiple of 16" in capsys.readouterr().err
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(gbm40, tmp_path, monkeypatch):
     train, _ = gbm40
     cfg = TrainConfig(iterations=3, **{**FAST, "checkpoint_every": 1})

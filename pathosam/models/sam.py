@@ -184,3 +184,27 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> SamConfig:
         raise ValueError(f"not SAM weights: the windowed blocks have different window sizes {sorted(windows)}")
     window = windows.pop() if windows else WINDOW_SIZE
     return SamConfig(width, depth, width // head_dim, global_idx, grid * PATCH_SIZE, window)
+
+
+def with_input_size(sam: Sam, img_size: int) -> Sam:
+    """A copy of ``sam`` for input size ``img_size`` (px, multiple of 16): the absolute position
+    embedding is resized bicubically to the new token grid and the relative position tables of
+    the global-attention blocks linearly to ``2 * grid - 1`` rows (windowed blocks, prompt encoder
+    and mask decoder do not depend on the input size). To be finetuned at the new size, e.g. with
+    ``pathosam train --input-size``; the same size returns an identical copy."""
+    config = SamConfig(**{**asdict(sam.config), "img_size": int(img_size)})  # checks the size
+    grid = config.img_size // PATCH_SIZE
+    state = {k: v.detach().float() if v.is_floating_point() else v for k, v in sam.state_dict().items()}
+    pos = state["image_encoder.pos_embed"]
+    if pos.shape[1] != grid:
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False)
+        state["image_encoder.pos_embed"] = pos.permute(0, 2, 3, 1).contiguous()
+    for i in sam.config.global_attn_indexes:
+        for axis in "hw":
+            key = f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"
+            rel = state[key]
+            if rel.shape[0] != 2 * grid - 1:
+                state[key] = F.interpolate(rel.T[None], size=2 * grid - 1, mode="linear", align_corners=False)[0].T.contiguous()
+    out = Sam(config)
+    out.load_state_dict(state)
+    return out.to(next(sam.parameters()).dtype).eval()

@@ -37,6 +37,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-skip", action="store_true",
                    help="give the AIS decoder a full-resolution branch on the input image (new branch starts "
                         "at zero, so a trained decoder computes the same maps before training)")
+    p.add_argument("--input-size", type=int, metavar="PX",
+                   help="change the model input size of --from (position embeddings interpolated), e.g. "
+                        "256 -> 512 to train on patches twice as large at the same scale")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, logs, export)")
     p.add_argument("--semantic", action="store_true", help="train the semantic (class) head instead")
     p.add_argument("--iterations", type=int, default=1000, help="training iterations (1000)")
@@ -140,6 +143,13 @@ def _train(args: argparse.Namespace) -> int:
         if model.decoder is None:
             raise UsageError("--image-skip needs a model with an AIS decoder")
         model.decoder = model.decoder.with_image_skip()
+    if args.input_size and args.input_size != model.sam.img_size:
+        from ..models import with_input_size
+
+        try:
+            model.sam = with_input_size(model.sam, args.input_size)
+        except ValueError as e:
+            raise UsageError(f"--input-size: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))

@@ -135,6 +135,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
+def load_sam_state(sam: torch.nn.Module, model_state: dict[str, torch.Tensor]) -> None:
+    """Load a run checkpoint's ``model_state`` (keys ``sam.*``) into ``sam``; a run trained at
+    another input size (``--input-size``) gets a clear error instead of a shape mismatch."""
+    state = {k[len("sam."):]: v for k, v in model_state.items()}
+    pos = state.get("image_encoder.pos_embed")
+    if pos is not None and pos.shape != sam.image_encoder.pos_embed.shape:
+        size = int(pos.shape[1]) * sam.image_encoder.patch_size
+        raise ValueError(f"the run's model has input size {size} px, this model {sam.img_size} px: "
+                         f"resume with --input-size {size}")
+    sam.load_state_dict(state)
+
+
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
     path = Path(run_dir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)

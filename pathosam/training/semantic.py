@@ -71,6 +71,7 @@ from .run import (
     autocast,
     grad_scaler,
     load_checkpoint,
+    load_sam_state,
     resize_to_input,
     resolve_device,
     save_checkpoint,
@@ -609,7 +610,7 @@ class SemanticTrainer:
 
     def load(self, ck: dict) -> None:
         """Restore a :meth:`checkpoint` (weights, optimizer, scheduler, scaler, run state)."""
-        self.sam.load_state_dict({k[len("sam."):]: v for k, v in ck["model_state"].items()})
+        load_sam_state(self.sam, ck["model_state"])
         if self.model.decoder is not None and ck.get("decoder_state"):
             self.model.decoder.load_state_dict(ck["decoder_state"])
         self.decoder.load_state_dict(ck["semantic_decoder_state"])

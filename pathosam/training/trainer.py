@@ -47,6 +47,7 @@ from .run import (
     grad_scaler,
     iteration_rng,
     load_checkpoint,
+    load_sam_state,
     resize_to_input,
     resolve_device,
     save_checkpoint,
@@ -301,7 +302,7 @@ class JointTrainer:
 
     def load(self, ck: dict) -> None:
         """Restore a :meth:`checkpoint` (weights, optimizer, scheduler, scaler, iteration)."""
-        self.sam.load_state_dict({k[len("sam."):]: v for k, v in ck["model_state"].items()})
+        load_sam_state(self.sam, ck["model_state"])
         if self.decoder is not None and ck.get("decoder_state"):
             from ..models.unetr import has_image_skip
 
