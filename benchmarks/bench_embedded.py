@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--model", default="pathosam_small")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-vit-b", action="store_true", help="skip the ViT-B timing")
+    ap.add_argument("--tta", action="store_true", help="also AIS with test-time augmentation (flips)")
     ap.add_argument("--interactive-objects", type=int, default=None, help="prompt at most this many objects")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,6 +99,10 @@ def main() -> None:
             "model_point_prompt_mSA": float(np.mean(inter)),
             "model_seconds_per_image": float(ev.per_image["seconds"].mean()),
         }
+        if args.tta:
+            ev_tta = evaluate_automatic(model, ds, "ais", progress=False, tta=True)
+            res["datasets"][ds_name]["model_ais_tta_mSA"] = float(ev_tta.per_image["mSA"].mean())
+            res["datasets"][ds_name]["model_tta_seconds_per_image"] = float(ev_tta.per_image["seconds"].mean())
         print(json.dumps({ds_name: res["datasets"][ds_name]}))
     res["seconds_per_512px_image"] = {"embedded": per_tile_seconds(model)}
     res["seconds_per_tile"] = {"embedded": per_tile_seconds(model, side=outer_tile(model), tiled=False)}

@@ -57,3 +57,17 @@ def test_evaluate_usage_errors(data_dir, tmp_path, capsys):
     assert code == 2 and "grid search" in capsys.readouterr().err
     code = main(["evaluate", "--data", str(tmp_path / "missing"), "-o", str(tmp_path)])
     assert code != 0
+
+
+def test_evaluate_ais_with_tta_on_the_embedded_model(data_dir, tmp_path, capsys):
+    runs = {}
+    for tta in (False, True):
+        out = tmp_path / f"tta{tta}"
+        args = ["evaluate", "--data", str(data_dir / "gbm40"), "--max-images", "1", "--overlays", "0", "-o", str(out),
+                "--model", "pathosam_small", "--device", "cpu", "-q"]
+        assert main(args + (["--tta"] if tta else [])) == 0
+        runs[tta] = json.loads((out / "summary.json").read_text())
+    assert runs[True]["tta"] is True and "tta" not in runs[False]
+    assert 0.3 < runs[True]["mSA"] < 1 and runs[True]["mSA"] != runs[False]["mSA"]  # other maps, other nuclei
+    code = main(["evaluate", "--data", str(data_dir / "gbm40"), "--mode", "amg", "--tta", "-o", str(tmp_path / "x")])
+    assert code == 2 and "--tta" in capsys.readouterr().err

@@ -130,6 +130,9 @@ def test_segment_usage_errors(tiny_files, tmp_path, capsys):
     tifffile.imwrite(tif, np.zeros((20, 20, 3), np.uint8))
     assert main(["segment", str(tif), "-o", str(tmp_path), *model_args(tiny_files), "-q"]) == 1
     assert "overwrite the input" in capsys.readouterr().err
+    assert main(["segment", str(img), "-o", str(tmp_path / "o"), *model_args(tiny_files), "--mode", "amg",
+                 "--tta"]) == 2
+    assert "--tta" in capsys.readouterr().err
 
 
 def test_segment_amg_mode(rgb, tiny_files, tmp_path, capsys):

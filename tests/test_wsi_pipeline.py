@@ -164,3 +164,22 @@ def test_cli_slide_end_to_end_tiny_model_on_a_pyramid_of_the_real_slide(data_dir
 
     if is_slide(tmp_path / "nompp.tif"):
         assert main(nompp) == 1 and "--mpp" in capsys.readouterr().err
+
+
+def test_tta_slide_run_same_nuclei_for_an_equivariant_model_and_own_signature(tmp_path):
+    from pathosam.wsi.pipeline import _signature
+    from pathosam.wsi.slide import open_slide
+
+    image, _ = disk_image((300, 400), seed=4, n=40)
+    write_pyramid(tmp_path / "d.ome.tif", image, 0.5)
+    base = dict(target_mpp=None, tile_shape=(128, 128), halo=(32, 32), tissue=False, ais=AISParams(min_size=5))
+    segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "plain", SlideOptions(**base), progress=False)
+    segment_slide(tmp_path / "d.ome.tif", MapsFromImage(), tmp_path / "tta", SlideOptions(**base, tta=True),
+                  progress=False)
+    plain, tta = (read_label_zarr(tmp_path / o / "d.ome.zarr") for o in ("plain", "tta"))
+    np.testing.assert_array_equal(tta, plain)
+    assert plain.max() == 40
+    slide = open_slide(tmp_path / "d.ome.tif")
+    sig_plain = _signature(slide, MapsFromImage(), SlideOptions(**base))
+    sig_tta = _signature(slide, MapsFromImage(), SlideOptions(**base, tta=True))
+    assert "tta" not in json.dumps(sig_plain) and sig_tta != sig_plain  # old runs stay resumable

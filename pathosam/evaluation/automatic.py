@@ -182,6 +182,7 @@ def evaluate_automatic(
     keep_predictions: int = 4,
     progress: bool = True,
     on_image: Callable[[dict], None] | None = None,
+    tta: bool = False,
 ) -> AutomaticEvaluation:
     """Evaluate AIS or AMG on ``test`` (a sequence of samples with ``.name``, ``.image``,
     ``.labels``), optionally with the reference's grid search on ``val``.
@@ -207,6 +208,8 @@ def evaluate_automatic(
         predictions are cropped back before scoring.
     points_per_side : int
         AMG point grid per crop / tile (reference 32).
+    tta : bool
+        AIS: average the decoder maps over flips (:func:`pathosam.automatic.tile_maps`).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -217,6 +220,8 @@ def evaluate_automatic(
         raise ValueError(f"mode must be 'ais' or 'amg', got {mode!r}")
     if mode == "ais" and model.decoder is None:
         raise ValueError(f"model {model.name!r} has no instance decoder; AIS needs one (use --mode amg)")
+    if tta and mode != "ais":
+        raise ValueError("tta needs mode='ais'")
     grid = dict(grid or (AIS_GRID if mode == "ais" else AMG_GRID))
 
     def model_stage(sample):
@@ -224,7 +229,7 @@ def evaluate_automatic(
 
         image, padding = _padded(sample, pad_to)
         if mode == "ais":
-            return decoder_maps(model, image, tile_shape, halo), padding, image.shape[:2]
+            return decoder_maps(model, image, tile_shape, halo, tta=tta), padding, image.shape[:2]
         ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
         emb = model.embed(image, tile_shape=ts, halo=hl, progress=False)
         from ..instances.amg import generate_mask_candidates

@@ -37,6 +37,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-shape", type=_pair, help="tile size in pixels (default: 384 for images > 512 px)")
     p.add_argument("--halo", type=_pair, help="halo per side in pixels (default 64)")
     p.add_argument("--no-tiling", action="store_true", help="never tile")
+    p.add_argument("--tta", action="store_true", help="AIS: average the decoder maps over flips (4x slower)")
     p.add_argument("--points-per-side", type=int, default=32, help="AMG point grid per image or tile (32)")
     p.add_argument("--iterations", type=int, default=8, help="interactive: initial prompt + corrections (8)")
     p.add_argument("--use-masks", action="store_true", help="interactive: feed back the previous mask logits")
@@ -65,6 +66,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.no_tiling and (args.tile_shape or args.halo):
         raise UsageError("--no-tiling cannot be combined with --tile-shape/--halo")
+    if args.tta and args.mode != "ais":
+        raise UsageError("--tta averages the AIS decoder maps: it needs --mode ais")
     test = _open(args.data, args.format, args.split, args.max_images)
     val = None
     if args.val_data or args.val_split:
@@ -78,6 +81,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     progress = not args.quiet
     info = {"model": model.name, "model_id": model.model_id, "data": str(args.data), "split": args.split,
             "format": test.name if hasattr(test, "name") else args.format}
+    if args.tta:
+        info["tta"] = True
     t0 = time.perf_counter()
     if args.mode.startswith("interactive"):
         from .interactive import evaluate_interactive
@@ -105,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     tile_shape = None if args.no_tiling else (args.tile_shape or "auto")
     ev = evaluate_automatic(model, test, args.mode, val=val, grid=grid, tile_shape=tile_shape, halo=args.halo,
                             pad_to=args.pad_to, points_per_side=args.points_per_side,
-                            keep_predictions=args.overlays, progress=progress)
+                            keep_predictions=args.overlays, progress=progress, tta=args.tta)
     write_automatic_report(ev, out, {**info, "seconds": time.perf_counter() - t0,
                                      "grid_search": "none" if val is None else args.grid})
     s = ev.summary()

@@ -53,7 +53,8 @@ class SlideOptions:
 
     ``target_mpp``: model resolution in um/px, None = no rescaling (use the slide's pixels as
     they are); ``mpp``: the slide's level-0 pixel size, overriding the metadata; ``roi``: (x, y,
-    width, height) in level-0 pixels; ``tile_shape``/``halo`` in model-resolution pixels.
+    width, height) in level-0 pixels; ``tile_shape``/``halo`` in model-resolution pixels;
+    ``tta``: average the decoder maps over flips (:func:`pathosam.automatic.tile_maps`, 4x slower).
     """
 
     target_mpp: float | None = DEFAULT_TARGET_MPP
@@ -66,6 +67,7 @@ class SlideOptions:
     tissue: bool = True
     normalization: str = "none"
     ais: AISParams = field(default_factory=AISParams)
+    tta: bool = False
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Geometry:
 def _signature(slide: Slide, model, options: SlideOptions) -> dict:
     opts = asdict(options)
     opts["ais"] = asdict(options.ais)
+    if not options.tta:
+        del opts["tta"]  # runs without it keep the signature of earlier versions (resumable)
     sig = {"format": MANIFEST_FORMAT, "slide": str(slide.path.name), "slide_shape": list(slide.shape),
            "slide_size_bytes": slide.path.stat().st_size, "model": model.model_id, "options": opts}
     return json.loads(json.dumps(sig))  # as it reads back from JSON (tuples -> lists)
@@ -256,7 +260,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
         """Stage 2 (thread): the model on tissue batches; background maps for the rest."""
         for item in background(read_batches(), depth=2, name="pathosam-read"):
             if isinstance(item, list):
-                inst, sem, sec = run_tiles(model, [p[1] for p in item], options.classes)
+                inst, sem, sec = run_tiles(model, [p[1] for p in item], options.classes, options.tta)
                 seconds["model"] += sec
                 yield [p[0] for p in item], inst, sem
             else:
