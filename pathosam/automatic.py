@@ -271,7 +271,9 @@ def tile_maps(model, inputs, whats: tuple[str, ...] = ("instance",), tta: bool =
             maps = model.decode(feats, in_sizes, origs, what, inputs=batch)
             maps = [np.flip(m, dims) if dims else m for m in maps]
             out[what] = maps if what not in out else [a + m for a, m in zip(out[what], maps)]
-    return {w: [np.ascontiguousarray(m / len(flips), dtype=np.float32) for m in ms] for w, ms in out.items()}
+    if tta:
+        out = {w: [np.ascontiguousarray(m / len(flips), dtype=np.float32) for m in ms] for w, ms in out.items()}
+    return out
 
 
 def run_tiles(model, inputs, classes: bool, tta: bool = False) -> tuple[list, list, float]:

@@ -204,7 +204,9 @@ def with_input_size(sam: Sam, img_size: int) -> Sam:
             key = f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"
             rel = state[key]
             if rel.shape[0] != 2 * grid - 1:
-                state[key] = F.interpolate(rel.T[None], size=2 * grid - 1, mode="linear", align_corners=False)[0].T.contiguous()
+                rel = F.interpolate(rel.T[None], size=2 * grid - 1, mode="linear", align_corners=False)[0]
+                state[key] = rel.T.contiguous()
     out = Sam(config)
     out.load_state_dict(state)
-    return out.to(next(sam.parameters()).dtype).eval()
+    like = next(sam.parameters())
+    return out.to(device=like.device, dtype=like.dtype).eval()
