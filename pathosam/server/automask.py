@@ -63,7 +63,7 @@ def automask_features(engine, model, source, b64img: str, body: SAMAutoMaskBody)
 def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict]:
     from scipy import ndimage
 
-    from ..automatic import MIN_SIDE, ais_params, resolve_tiling
+    from ..automatic import MIN_SIDE, ais_params, postprocessing_halo, resolve_tiling
     from ..instances import ais_from_maps
 
     key = (source.key, image_key(b64img))
@@ -89,8 +89,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
     if ts is None:
         labels = ais_from_maps(maps, **params)
     else:
-        labels = ais_from_maps(maps, tile_shape=ts, halo=(min(max(hl[0], 32), ts[0]), min(max(hl[1], 32), ts[1])),
-                               **params)
+        labels = ais_from_maps(maps, tile_shape=ts, halo=postprocessing_halo(ts, hl), **params)
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []
