@@ -373,6 +373,53 @@ def test_hed_jitter_changes_within_range():
         HEDJitter(scale_range=(1.1, 0.9))
 
 
+# ------------------------------------------------------------------------------------ zoom
+
+
+def test_zoom_off_or_1_leaves_the_patch_stream_unchanged():
+    data = [blobs((100, 90), n=15, seed=i) for i in range(3)]
+    kw = dict(sampler=MinInstanceSampler(3), rotate90=True, stain_jitter=HEDJitter(), n_samples=6)
+    plain = TrainingPatches(data, (48, 48), **kw)
+    one = TrainingPatches(data, (48, 48), scale_range=(1.0, 1.0), **kw)
+    assert _same(_stream(plain, 2, 6), _stream(one, 2, 6))
+    assert "window" not in plain[0] and one[0]["window"].tolist() == [48, 48]
+    for bad in [(0.0, 1.0), (1.5, 1.2), (1.0,)]:
+        with pytest.raises(ValueError, match="scale_range"):
+            TrainingPatches(data, (48, 48), scale_range=bad)
+
+
+def test_zoom_resizes_a_window_and_keeps_labels_aligned():
+    s = blobs((200, 200), n=40, seed=3, radius=6)
+    img = np.zeros((200, 200, 3), np.uint8)
+    img[..., 0] = np.where(s.labels > 0, 255, 0)  # red = foreground
+    img[..., 1] = s.classes * 50
+    s = Sample("enc", img, s.labels, s.classes)
+    ds = TrainingPatches([s], (64, 64), sampler=None, flips=False, scale_range=(0.5, 2.0),
+                         with_semantic=True, min_object_size=0, n_samples=40)
+    sides = []
+    for k in range(len(ds)):
+        out = ds[k]
+        h, w = out["window"].tolist()
+        assert h == w and 32 <= h <= 128
+        sides.append(h)
+        im, lab, cls = out["image"].numpy(), out["labels"][0].numpy(), out["semantic"].numpy()
+        assert im.shape == (3, 64, 64) and lab.shape == cls.shape == (64, 64)
+        # the image is the window resized (bilinear): its foreground agrees with the labels
+        # (nearest) except on a thin rim
+        assert np.mean((im[0] > 127) == (lab > 0)) > 0.95
+        # classes travel with the labels: every labelled object has one class
+        for i in np.unique(lab[lab > 0])[:5]:
+            assert len(np.unique(cls[lab == i])) == 1
+        # nuclei appear 64 / h times their size: the foreground fraction of the window is kept
+        r, c = out["origin"].tolist()
+        src = s.labels[r : r + h, c : c + w] > 0
+        if src.shape == (h, w) and src.mean() > 0.05:
+            assert abs((lab > 0).mean() - src.mean()) < 0.03
+    assert min(sides) < 45 and max(sides) > 90  # the whole range is used
+    # log-uniform: zooming in and out equally often
+    assert 10 <= sum(v < 64 for v in sides) <= 30
+
+
 # ------------------------------------------------------------------------------------ real data
 
 

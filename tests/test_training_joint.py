@@ -202,6 +202,34 @@ def test_cli_input_size_trains_at_the_new_size_and_resume_needs_it(data_dir, tmp
     assert "multiple of 16" in capsys.readouterr().err
 
 
+def test_cli_scale_jitter_zooms_training_patches_only(data_dir, tmp_path, capsys):
+    from pathosam.cli import main
+
+    paths = small().save(tmp_path / "start.pt")
+    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
+            "--scale-jitter", "0.8,1.5", "--out", str(tmp_path / "run"), "--iterations", "1", "--batch-size", "1",
+            "--patch-shape", "96", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "1",
+            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["scale_range"] == [0.8, 1.5]
+    more = [a if a != "1" or args[i - 1] != "--iterations" else "2" for i, a in enumerate(args)]
+    assert main([*more[:7], *more[9:], "--resume"]) == 1  # the zoom is a setting of the run
+    assert main([*more, "--resume"]) == 0
+    capsys.readouterr()
+    for bad in ["1.5,0.8", "x", "0,1"]:
+        assert main([*args[:8], bad, *args[9:]]) == 2
+        assert "--scale-jitter" in capsys.readouterr().err
+    assert main([*args, "--semantic"]) == 2
+
+
+def test_trainer_zooms_training_but_not_validation_patches(gbm40, tmp_path):
+    train, val = gbm40
+    t = JointTrainer(small(), train, val, tmp_path, TrainConfig(iterations=1, scale_range=(0.5, 2.0), **FAST),
+                     device="cpu")
+    assert t.train_patches.scale_range == (0.5, 2.0) and t.val_patches.scale_range is None
+    assert "window" in t.train_patches.patch(0, 0)
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(gbm40, tmp_path, monkeypatch):
     train, _ = gbm40
     cfg = TrainConfig(iterations=3, **{**FAST, "checkpoint_every": 1})

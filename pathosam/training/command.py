@@ -61,6 +61,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-patches", type=int, default=8, help="fixed validation patches (8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stain-jitter", action="store_true", help="random HED stain jitter")
+    p.add_argument("--scale-jitter", type=_scale_range, metavar="MIN,MAX",
+                   help="joint: random zoom of the training patches, factor log-uniform in [MIN, MAX] "
+                        "(e.g. 0.8,1.5; validation patches are not zoomed)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
@@ -135,6 +138,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from ..cli import UsageError
 
+    if args.semantic and args.scale_jitter:
+        raise UsageError("--scale-jitter is for the joint training, not --semantic")
     if args.threads:
         torch.set_num_threads(args.threads)
     train, val = _datasets(args)
@@ -179,7 +184,7 @@ def _train(args: argparse.Namespace) -> int:
         n_objects=args.n_objects, n_sub_iterations=args.sub_iterations, lr=args.lr or 1e-5,
         train_decoder=not args.no_decoder, validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every, val_patches=args.val_patches, seed=args.seed,
-        amp=not args.no_amp, stain_jitter=args.stain_jitter,
+        amp=not args.no_amp, stain_jitter=args.stain_jitter, scale_range=args.scale_jitter,
     )
     trainer = JointTrainer(model, train, val, out, cfg, device=args.device)
     state = trainer.fit(resume=args.resume, progress=not args.quiet)
@@ -189,6 +194,16 @@ def _train(args: argparse.Namespace) -> int:
           f"validation metric {best}; exported {files['sam']}" +
           (f" + {files['decoder'].name}" if "decoder" in files else ""), file=sys.stdout)
     return 0
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two numbers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
+    return (lo, hi)
 
 
 def _class_weights(text: str):

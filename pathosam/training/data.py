@@ -29,6 +29,10 @@ What each patch goes through (reference behaviour = torch_em ``SegmentationDatas
    the distance targets are computed; it is idempotent, so target code may repeat it.
 7. **Optional label transform** (``label_transform``), e.g. the distance targets: applied to the
    relabelled (H, W) patch *before* augmentation, as in the reference.
+   With ``scale_range`` (off by default, not in the reference) the window cropped in steps 2-5
+   is ``round(patch_shape / s)`` pixels, ``s`` log-uniform in the range, and is resized to
+   ``patch_shape`` before step 6 (image bilinear, labels and classes nearest), so nuclei appear
+   ``s`` times their size.
 8. **Augmentation**: random horizontal flip then random vertical flip, p = 0.5 each (the
    reference's kornia default for 2-D, applied to image and targets alike); optional random 90°
    rotations (``rotate90=True``, not in the reference; k in {0, 2} for non-square patches).
@@ -43,6 +47,8 @@ What each patch goes through (reference behaviour = torch_em ``SegmentationDatas
    - ``"origin"``: int64 (2,), top-left corner of the crop in the source image;
    - ``"transform"``: int64 (3,), ``[hflip, vflip, k_rot90]`` as applied (flips first, then
      ``rot90(k)`` in the (H, W) plane).
+   - ``"window"``: int64 (2,), source window (height, width) before resizing (only with
+     ``scale_range``).
 
 Determinism: patch ``k`` of epoch (or iteration counter) ``i`` is a pure function of
 ``(seed, i, k)`` — every random draw comes from a ``numpy.random.Generator`` seeded with
@@ -560,6 +566,10 @@ class TrainingPatches(Dataset):
         Also random ``rot90`` (not in the reference).
     stain_jitter : HEDJitter or None
         Optional HED stain jitter (not in the reference).
+    scale_range : (float, float) or None
+        Optional random zoom (not in the reference): each patch shows a window of
+        ``round(patch_shape / s)`` source pixels resized to ``patch_shape``, ``s`` drawn
+        log-uniformly from ``[min, max]`` (e.g. ``(0.8, 1.5)``).
     relabel : bool
         Connected-components relabelling of the label patch (see :func:`relabel_instances`).
     min_object_size : int
@@ -592,6 +602,7 @@ class TrainingPatches(Dataset):
         flips: bool = True,
         rotate90: bool = False,
         stain_jitter: HEDJitter | None = None,
+        scale_range: tuple[float, float] | None = None,
         relabel: bool = True,
         min_object_size: int = 10,
         with_semantic: bool = False,
@@ -610,6 +621,8 @@ class TrainingPatches(Dataset):
             raise ValueError(f"sampler_target must be 'labels' or 'classes', got {sampler_target!r}")
         if image_choice not in ("random", "index"):
             raise ValueError(f"image_choice must be 'random' or 'index', got {image_choice!r}")
+        if scale_range is not None and not (len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]):
+            raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range!r}")
         if max_tries < 1:
             raise ValueError("max_tries must be >= 1")
         if seed < 0:
@@ -625,6 +638,7 @@ class TrainingPatches(Dataset):
         self.flips = bool(flips)
         self.rotate90 = bool(rotate90)
         self.stain_jitter = stain_jitter
+        self.scale_range = None if scale_range is None else (float(scale_range[0]), float(scale_range[1]))
         self.relabel = bool(relabel)
         self.min_object_size = int(min_object_size)
         self.with_semantic = bool(with_semantic)
@@ -720,8 +734,17 @@ class TrainingPatches(Dataset):
         if epoch < 0 or index < 0:
             raise IndexError(f"epoch and index must be non-negative, got ({epoch}, {index})")
         seq = np.random.SeedSequence([self.seed, int(epoch), int(index)])
-        # independent streams: image choice + crops, augmentation, stain jitter
-        return [np.random.default_rng(s) for s in seq.spawn(3)]
+        # independent streams: image choice + crops, augmentation, stain jitter, zoom (spawned
+        # children are keyed by their index, so adding the zoom stream left the others unchanged)
+        return [np.random.default_rng(s) for s in seq.spawn(4)]
+
+    def _window(self, rng: np.random.Generator) -> tuple[int, int]:
+        """Source window (height, width) of one patch: the patch itself, or patch / s with zoom."""
+        if self.scale_range is None:
+            return self.patch_shape
+        lo, hi = np.log(self.scale_range)
+        s = float(np.exp(rng.uniform(lo, hi))) if hi > lo else float(np.exp(lo))
+        return (max(1, round(self.patch_shape[0] / s)), max(1, round(self.patch_shape[1] / s)))
 
     def _choose(self, rng: np.random.Generator, exclude: set[int] | None = None) -> int:
         n = len(self.dataset)
@@ -754,7 +777,8 @@ class TrainingPatches(Dataset):
             ``image``, ``labels``, ``semantic`` (with ``with_semantic``), ``sample_index``,
             ``origin``, ``transform`` (see the module docstring).
         """
-        rng_crop, rng_aug, rng_stain = self._rngs(epoch, index)
+        rng_crop, rng_aug, rng_stain, rng_zoom = self._rngs(epoch, index)
+        window = self._window(rng_zoom)
         n_data = len(self.dataset)
         j = index % n_data if self.image_choice == "index" else self._choose(rng_crop)
 
@@ -770,11 +794,11 @@ class TrainingPatches(Dataset):
                     raise ValueError(f"sample {getattr(sample, 'name', j)!r} has no class map")
                 target_full = np.asarray(sample.classes)
             for _ in range(self.max_tries if self.sampler is not None else 1):
-                origin = random_crop_origin(labels_full.shape, self.patch_shape, rng_crop)
+                origin = random_crop_origin(labels_full.shape, window, rng_crop)
                 if self.sampler is None:
                     found = (j, origin)
                     break
-                crop = ensure_patch_shape(self._crop(target_full, origin), self.patch_shape)
+                crop = ensure_patch_shape(_crop(target_full, origin, window), window)
                 if self.sampler(crop, rng_crop):
                     found = (j, origin)
                     break
@@ -796,14 +820,15 @@ class TrainingPatches(Dataset):
             found = (best[1], best[2])
 
         j, origin = found
-        return self._make_patch(j, origin, rng_aug, rng_stain)
-
-    def _crop(self, array: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-        r, c = origin
-        return array[r : r + self.patch_shape[0], c : c + self.patch_shape[1]]
+        return self._make_patch(j, origin, window, rng_aug, rng_stain)
 
     def _make_patch(
-        self, j: int, origin: tuple[int, int], rng_aug: np.random.Generator, rng_stain: np.random.Generator
+        self,
+        j: int,
+        origin: tuple[int, int],
+        window: tuple[int, int],
+        rng_aug: np.random.Generator,
+        rng_stain: np.random.Generator,
     ) -> dict[str, Any]:
         sample = self.dataset[j]
         image_full = _as_rgb(sample.image)
@@ -813,11 +838,11 @@ class TrainingPatches(Dataset):
                 f"sample {getattr(sample, 'name', j)!r}: image {image_full.shape[:2]} and labels "
                 f"{labels_full.shape} differ in shape"
             )
-        image = self._crop(image_full, origin)
+        image = _crop(image_full, origin, window)
         if self.stain_jitter is not None:
             image = self.stain_jitter(image, rng_stain)
-        image = ensure_patch_shape(np.asarray(image, dtype=np.float32), self.patch_shape)
-        labels = ensure_patch_shape(self._crop(labels_full, origin), self.patch_shape)
+        image = _zoom(ensure_patch_shape(np.asarray(image, dtype=np.float32), window), self.patch_shape, 1)
+        labels = _zoom(ensure_patch_shape(_crop(labels_full, origin, window), window), self.patch_shape, 0)
         labels = relabel_instances(labels, self.min_object_size) if self.relabel else labels.astype(np.int64)
         semantic = None
         if self.with_semantic:
@@ -826,7 +851,8 @@ class TrainingPatches(Dataset):
             cls_full = np.asarray(sample.classes)
             if cls_full.shape != labels_full.shape:
                 raise ValueError(f"classes {cls_full.shape} and labels {labels_full.shape} differ in shape")
-            semantic = ensure_patch_shape(self._crop(cls_full, origin), self.patch_shape).astype(np.int64)
+            semantic = _zoom(ensure_patch_shape(_crop(cls_full, origin, window), window), self.patch_shape, 0)
+            semantic = semantic.astype(np.int64)
         target = np.asarray(self.label_transform(labels)) if self.label_transform is not None else labels
         if target.ndim == 2:
             target = target[None]
@@ -857,7 +883,25 @@ class TrainingPatches(Dataset):
         out["sample_index"] = j
         out["origin"] = torch.tensor(origin, dtype=torch.int64)
         out["transform"] = torch.tensor([int(hflip), int(vflip), k], dtype=torch.int64)
+        if self.scale_range is not None:
+            out["window"] = torch.tensor(window, dtype=torch.int64)
         return out
+
+
+def _crop(array: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    r, c = origin
+    return array[r : r + shape[0], c : c + shape[1]]
+
+
+def _zoom(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """Resize the two leading axes of ``array`` to ``shape`` (order 1: bilinear, 0: nearest)."""
+    if array.shape[:2] == tuple(shape):
+        return array
+    from skimage.transform import resize
+
+    out = resize(array, tuple(shape) + array.shape[2:], order=order, preserve_range=True,
+                 anti_aliasing=order > 0 and array.shape[0] > shape[0], mode="edge")
+    return out.astype(array.dtype, copy=False)
 
 
 class EpochIndexSampler(Sampler[tuple[int, int]]):

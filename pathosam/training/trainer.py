@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     stain_jitter: bool = False
+    scale_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +103,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def _patches(data, config: TrainConfig, seed: int, n: int | None):
+def _patches(data, config: TrainConfig, seed: int, n: int | None, zoom: bool = True):
     from .data import HEDJitter, MinInstanceSampler, TrainingPatches
     from .targets import ais_targets
 
@@ -110,6 +111,7 @@ def _patches(data, config: TrainConfig, seed: int, n: int | None):
         data, tuple(config.patch_shape), n_samples=n, seed=seed,
         sampler=MinInstanceSampler(config.min_instances, min_size=10), label_transform=ais_targets,
         stain_jitter=HEDJitter() if config.stain_jitter else None,
+        scale_range=config.scale_range if zoom else None,
     )
 
 
@@ -147,7 +149,7 @@ class JointTrainer:
         model.device = self.device
         self.run_dir = Path(run_dir)
         self.train_patches = _patches(train, self.config, self.config.seed, self.config.iterations * self.config.batch_size)
-        self.val_patches = _patches(val, self.config, self.config.seed + 1, self.config.val_patches) if val else None
+        self.val_patches = _patches(val, self.config, self.config.seed + 1, self.config.val_patches, zoom=False) if val else None
         params = list(self.sam.parameters())
         if self.config.train_decoder:
             params += list(self.decoder.parameters())
@@ -337,7 +339,9 @@ class JointTrainer:
                 raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
             ck = load_checkpoint(latest)
             same = {k: v for k, v in cfg.to_dict().items() if k != "iterations"}
-            if {k: v for k, v in (ck.get("config") or {}).items() if k != "iterations"} != same:
+            # settings added after a run was saved have their default there
+            saved = {**TrainConfig().to_dict(), **(ck.get("config") or {})}
+            if {k: v for k, v in saved.items() if k != "iterations"} != same:
                 raise ValueError(f"{latest} was written with other settings; resume needs the same ones\n"
                                  f"  saved: {ck.get('config')}\n  now:   {cfg.to_dict()}")
             self.load(ck)
