@@ -265,8 +265,10 @@ def evaluate_automatic(
     else:
         chosen = dict(params or {})
         if mode == "ais":
-            defaults = {"center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5,
-                        "distance_smoothing": 1.6, "min_size": 0, **getattr(model, "ais_defaults", {})}
+            from ..instances.tiled import AISParams
+
+            base = AISParams()  # the reference's defaults of the searched parameters, then the model's own
+            defaults = {**{k: getattr(base, k) for k in AIS_GRID}, **getattr(model, "ais_defaults", {})}
         else:
             defaults = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
         chosen = {**defaults, **chosen}
