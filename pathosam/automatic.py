@@ -247,10 +247,13 @@ def decoder_maps(model, image: np.ndarray, tile_shape="auto", halo=None, what: s
     return out
 
 
-def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int]) -> tuple[int, int]:
+def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int], seeds: str = "distance"
+                        ) -> tuple[int, int]:
     """Context (rows, cols) of the block-wise AIS post-processing: the tiling halo, at least
-    32 px (seam-free stitching needs context) and at most the tile shape."""
-    return (min(max(halo[0], 32), tile_shape[0]), min(max(halo[1], 32), tile_shape[1]))
+    32 px (seam-free stitching needs context; 64 px for ``seeds="shape"``, whose distance
+    transform sees whole clusters of touching nuclei) and at most the tile shape."""
+    least = 64 if seeds == "shape" else 32
+    return (min(max(halo[0], least), tile_shape[0]), min(max(halo[1], least), tile_shape[1]))
 
 
 #: Flips (tensor dims) averaged by the test-time augmentation: identity, columns, rows, both.
@@ -310,7 +313,7 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
 
     H, W = image.shape[:2]
     tiles = tile_grid((H, W), tile_shape, halo)
-    job = TiledAIS((H, W), tile_shape, postprocessing_halo(tile_shape, halo), params)
+    job = TiledAIS((H, W), tile_shape, postprocessing_halo(tile_shape, halo, params.seeds), params)
     rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
     t_model = t_post = 0.0
     bar = tqdm(total=len(tiles), desc="segmenting tiles", unit="tile", disable=not progress)

@@ -241,7 +241,8 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 AIS_OPTIONS = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold",
-               "foreground_smoothing", "distance_smoothing", "min_size")
+               "foreground_smoothing", "distance_smoothing", "min_size", "seeds", "seed_dynamic",
+               "seed_center_weight")
 AMG_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
                "box_nms_thresh", "min_mask_region_area", "min_object_size")
 
@@ -410,6 +411,12 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--foreground-smoothing", type=float, help="Gaussian sigma of the foreground map, px (1.0)")
     g.add_argument("--distance-smoothing", type=float, help="Gaussian sigma of the distance maps, px (1.6)")
     g.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels (0)")
+    g.add_argument("--seeds", choices=["distance", "shape"],
+                   help="distance: the reference's seeds (both distance thresholds); shape: maxima of the "
+                        "foreground's distance transform, one seed per blob (pathosam_small's default)")
+    g.add_argument("--seed-dynamic", type=float, help="shape seeds: minimum height of a maximum, px (2)")
+    g.add_argument("--seed-center-weight", type=float,
+                   help="shape seeds: weight of the centre distance map, px (10; 0 = mask shape only)")
     g = p.add_argument_group("AMG (SAM defaults)")
     g.add_argument("--points-per-side", type=int, help="point grid per image or tile (32)")
     g.add_argument("--points-per-batch", type=int, help="points per mask-decoder call (64)")

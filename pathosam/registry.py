@@ -36,7 +36,7 @@ class ModelEntry:
     bundled: str | None = None  # file inside the pathosam package (shipped, never downloaded)
     #: AIS post-processing recommended for this model, over the reference's defaults (an explicit
     #: parameter wins); e.g. a size filter for the small model.
-    ais_defaults: tuple[tuple[str, float], ...] = ()
+    ais_defaults: tuple[tuple[str, float | str], ...] = ()
 
 
 #: The model used when none is named: pathosam's own small model, shipped inside the package.
@@ -48,8 +48,9 @@ MODELS: dict[str, ModelEntry] = {
     for e in [
         ModelEntry(DEFAULT_MODEL, "", BUNDLED_HASH,
                    "pathosam small model (ViT 96x4, 256 px input; SAM + AIS decoder with image skip), shipped with "
-                   "the package, CPU-friendly; AIS drops nuclei < 100 px; see docs/models.md", approx_size_mb=12,
-                   bundled="weights/pathosam_small.pt", ais_defaults=(("min_size", 100),)),
+                   "the package, CPU-friendly; AIS with shape seeds, drops nuclei < 100 px; see docs/models.md",
+                   approx_size_mb=12, bundled="weights/pathosam_small.pt",
+                   ais_defaults=(("min_size", 100), ("seeds", "shape"))),
         ModelEntry("vit_b_histopathology", _OWNCLOUD.format("sBB4H8CTmIoBZsQ"),
                    "xxh128:ffd1a2cd84570458b257bd95fdd8f974", "PathoSAM ViT-B generalist (SAM weights)",
                    decoder="vit_b_histopathology_decoder",

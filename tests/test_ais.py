@@ -190,8 +190,84 @@ def test_non_finite_raises(value):
         ais_from_maps(maps)
 
 
-@pytest.mark.parametrize("kwargs", [dict(min_size=-1), dict(foreground_smoothing=-1.0), dict(distance_smoothing=-0.5)])
+@pytest.mark.parametrize("kwargs", [dict(min_size=-1), dict(foreground_smoothing=-1.0), dict(distance_smoothing=-0.5),
+                                    dict(seeds="texture"), dict(seeds="shape", seed_dynamic=0.0),
+                                    dict(seeds="shape", seed_center_weight=-1.0)])
 def test_bad_parameters_raise(kwargs):
     maps, _ = disc_maps()
     with pytest.raises(ValueError):
         ais_from_maps(maps, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ shape seeds
+
+
+def textured_nucleus_maps(seed=0):
+    """A large disc (radius 30) whose predicted distances follow a coarse 'chromatin' texture
+    (several local minima inside it), next to two touching small discs (radius 9).
+
+    Returns the maps and the three object masks."""
+    rng = np.random.default_rng(seed)
+    H, W = 96, 128
+    rr, cc = np.mgrid[:H, :W]
+    fg = np.zeros((H, W), np.float32)
+    cd = np.ones((H, W), np.float32)
+    masks = []
+    for r, c, rad in ((48, 40, 30), (40, 95, 9), (56, 108, 9)):
+        d = np.hypot(rr - r, cc - c) / rad
+        m = d < 1
+        masks.append(m)
+        fg[m] = 1
+        cd[m] = np.minimum(cd[m], d[m])
+    from scipy import ndimage
+
+    texture = ndimage.gaussian_filter(rng.normal(size=(H, W)), 4)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    big = masks[0]
+    cd[big] = 0.25 + 0.5 * texture[big]  # the model's distances follow the texture in the big one
+    bd = cd.copy()
+    return np.stack([fg, cd, bd]), masks
+
+
+def _objects_in(seg, mask, share=0.1):
+    ids, counts = np.unique(seg[mask], return_counts=True)
+    return {int(i) for i, c in zip(ids, counts) if i and c >= share * mask.sum()}
+
+
+def test_shape_seeds_keep_a_textured_nucleus_whole_and_split_touching_ones():
+    maps, (big, a, b) = textured_nucleus_maps()
+    ref = ais_from_maps(maps)
+    assert len(_objects_in(ref, big)) >= 2  # the reference's seeds follow the texture: split
+    seg = ais_from_maps(maps, seeds="shape")
+    assert len(_objects_in(seg, big, 0.05)) == 1 and (seg[big] > 0).mean() > 0.95
+    ia, ib = _objects_in(seg, a), _objects_in(seg, b)
+    assert len(ia) == len(ib) == 1 and ia != ib  # the touching pair stays two nuclei
+    assert seg.dtype == np.uint32 and np.array_equal(np.unique(seg), np.arange(seg.max() + 1))
+    # the centre distance is what separates touching nuclei of a clump without a waist: with
+    # weight 0 (shape alone) a pair of overlapping discs becomes one blob
+    rr, cc = np.mgrid[:64, :96]
+    d1, d2 = np.hypot(rr - 30, cc - 40) / 12, np.hypot(rr - 30, cc - 48) / 12  # centres 8 px apart
+    fg = ((d1 < 1) | (d2 < 1)).astype(np.float32)
+    cd = np.where(fg > 0, np.minimum(d1, d2), 1).astype(np.float32)
+    pair = np.stack([fg, cd, cd])
+    assert len(_objects_in(ais_from_maps(pair, seeds="shape"), fg > 0)) == 2
+    assert len(_objects_in(ais_from_maps(pair, seeds="shape", seed_center_weight=0.0), fg > 0)) == 1
+
+
+def test_shape_seed_parameters_matter_and_thresholds_do_not():
+    maps, _ = textured_nucleus_maps(1)
+    seg = ais_from_maps(maps, seeds="shape")
+    same = ais_from_maps(maps, seeds="shape", center_distance_threshold=0.1, boundary_distance_threshold=0.9)
+    np.testing.assert_array_equal(seg, same)  # the distance thresholds are not used
+    assert ais_from_maps(maps, seeds="shape", seed_dynamic=50.0).max() < seg.max()  # fewer maxima pass
+    empty = ais_from_maps(np.zeros_like(maps), seeds="shape")
+    assert empty.dtype == np.uint32 and not empty.any()
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_shape_seeds_on_reference_maps_tiled_equals_untiled(vectors, name):
+    maps = load_maps(vectors, name)
+    untiled = ais_from_maps(maps, seeds="shape", min_size=20)
+    assert untiled.max() > 10
+    tiled = ais_from_maps(maps, seeds="shape", min_size=20, tile_shape=(128, 128), halo=(64, 64))
+    np.testing.assert_array_equal(tiled, untiled)

@@ -4,14 +4,28 @@ Reproduces the reference's untiled post-processing (seeded watershed from centre
 distances): Gaussian smoothing, thresholds, 8-connected seeds, 4-connected seeded watershed of the
 smoothed boundary distance inside the foreground, size filter, consecutive relabelling. With
 ``tile_shape`` the same algorithm runs block-wise without seams (``pathosam.instances.tiled``).
+
+``seeds="shape"`` (not in the reference) takes the seeds from the *shape* of the foreground mask
+instead of the two distance thresholds: the regional maxima, of dynamic >= ``seed_dynamic`` px, of
+the mask's Euclidean distance transform (smoothed) minus ``seed_center_weight`` x the smoothed
+centre distance. One seed per convex blob whatever the texture inside it, so large nuclei with
+coarse chromatin are not split where the predicted distances follow the texture; the centre
+distance still separates touching nuclei.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
+
+#: Seed rules: "distance" = the reference's thresholds on the centre and boundary distances;
+#: "shape" = maxima of the foreground mask's distance transform (see the module docstring).
+SEED_MODES = ("distance", "shape")
 
 
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -30,7 +44,8 @@ def _relabel_consecutive(seg: np.ndarray) -> np.ndarray:
 
 
 def _smoothed_maps_and_seeds(maps, center_threshold, boundary_threshold, foreground_threshold,
-                             foreground_smoothing, distance_smoothing):
+                             foreground_smoothing, distance_smoothing, seeds="distance",
+                             seed_dynamic=2.0, seed_center_weight=10.0):
     """Intermediates of the pipeline for validated float32 ``maps``.
 
     Returns the smoothed foreground, centre and boundary distance maps, the foreground mask and
@@ -43,9 +58,22 @@ def _smoothed_maps_and_seeds(maps, center_threshold, boundary_threshold, foregro
     boundary_dist = _smooth(boundary_dist, distance_smoothing)
 
     fg_mask = foreground > foreground_threshold
-    seed_mask = (center_dist < center_threshold) & (boundary_dist < boundary_threshold) & fg_mask
-    seeds = label(seed_mask, connectivity=2)
-    return foreground, center_dist, boundary_dist, fg_mask, seeds
+    if seeds == "shape":
+        seed_mask = _shape_seed_mask(fg_mask, center_dist, seed_dynamic, seed_center_weight)
+    else:
+        seed_mask = (center_dist < center_threshold) & (boundary_dist < boundary_threshold) & fg_mask
+    return foreground, center_dist, boundary_dist, fg_mask, label(seed_mask, connectivity=2)
+
+
+def _shape_seed_mask(fg_mask: np.ndarray, center_dist: np.ndarray, dynamic: float, center_weight: float
+                     ) -> np.ndarray:
+    """Seed pixels of ``seeds="shape"``: regional maxima (dynamic >= ``dynamic`` px) of the
+    smoothed distance transform of ``fg_mask`` minus ``center_weight`` x ``center_dist``."""
+    if not fg_mask.any():
+        return fg_mask.copy()
+    edt = _smooth(ndimage.distance_transform_edt(fg_mask).astype(np.float32), 1.0)
+    score = edt - np.float32(center_weight) * center_dist
+    return h_maxima(score, dynamic).astype(bool) & fg_mask
 
 
 def check_maps(maps: np.ndarray) -> np.ndarray:
@@ -61,7 +89,13 @@ def check_maps(maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def check_params(foreground_smoothing: float, distance_smoothing: float, min_size: int) -> None:
+def check_params(foreground_smoothing: float, distance_smoothing: float, min_size: int,
+                 seeds: str = "distance", seed_dynamic: float = 2.0, seed_center_weight: float = 10.0) -> None:
+    if seeds not in SEED_MODES:
+        raise ValueError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
+    if not seed_dynamic > 0 or not seed_center_weight >= 0:
+        raise ValueError(f"seed_dynamic must be > 0 and seed_center_weight >= 0, got {seed_dynamic}, "
+                         f"{seed_center_weight}")
     if foreground_smoothing < 0 or distance_smoothing < 0:
         raise ValueError(f"smoothing sigmas must be >= 0, got {foreground_smoothing}, {distance_smoothing}")
     if min_size < 0:
@@ -83,6 +117,9 @@ def ais_from_maps(
     min_size: int = 0,
     tile_shape: tuple[int, int] | None = None,
     halo: tuple[int, int] | None = None,
+    seeds: Literal["distance", "shape"] = "distance",
+    seed_dynamic: float = 2.0,
+    seed_center_weight: float = 10.0,
 ) -> np.ndarray:
     """Instance labels from the AIS decoder maps.
 
@@ -110,6 +147,16 @@ def ais_from_maps(
         on block borders (see ``pathosam.instances.tiled``). None = the whole image at once.
     halo : (int, int), optional
         Context (rows, cols) around each block; default (64, 64) clipped to ``tile_shape``.
+    seeds : {"distance", "shape"}
+        "distance" (the reference): seeds where both distances are below their thresholds;
+        "shape": maxima of the foreground mask's distance transform (see the module docstring;
+        the two distance thresholds are then unused).
+    seed_dynamic : float
+        "shape" seeds: minimum dynamic (height above the saddle to a higher maximum) of a
+        maximum, in pixels of distance.
+    seed_center_weight : float
+        "shape" seeds: weight, in pixels, of the smoothed centre distance (0..1) subtracted from
+        the distance transform; 0 = the mask's shape alone.
 
     Returns
     -------
@@ -129,12 +176,13 @@ def ais_from_maps(
     grow by a 4-connected seeded watershed of the smoothed boundary distance restricted to the
     foreground mask. Foreground not reachable from a seed stays 0.
     """
-    check_params(foreground_smoothing, distance_smoothing, min_size)
+    check_params(foreground_smoothing, distance_smoothing, min_size, seeds, seed_dynamic, seed_center_weight)
     if tile_shape is not None:
         from .tiled import AISParams, tiled_ais_from_maps
 
         params = AISParams(center_distance_threshold, boundary_distance_threshold, foreground_threshold,
-                           foreground_smoothing, distance_smoothing, min_size)
+                           foreground_smoothing, distance_smoothing, min_size, seeds, seed_dynamic,
+                           seed_center_weight)
         tile_shape = tuple(int(t) for t in np.broadcast_to(tile_shape, 2))
         if halo is None:
             halo = (min(64, tile_shape[0]), min(64, tile_shape[1]))
@@ -144,14 +192,14 @@ def ais_from_maps(
         raise ValueError("halo given without tile_shape")
     maps = check_maps(maps)
 
-    _, _, boundary_dist, fg_mask, seeds = _smoothed_maps_and_seeds(
+    _, _, boundary_dist, fg_mask, markers = _smoothed_maps_and_seeds(
         maps, center_distance_threshold, boundary_distance_threshold, foreground_threshold,
-        foreground_smoothing, distance_smoothing,
+        foreground_smoothing, distance_smoothing, seeds, seed_dynamic, seed_center_weight,
     )
-    if seeds.max() == 0:
+    if markers.max() == 0:
         return np.zeros(fg_mask.shape, dtype=np.uint32)
 
-    seg = seeded_watershed(boundary_dist, seeds, fg_mask)
+    seg = seeded_watershed(boundary_dist, markers, fg_mask)
 
     if min_size > 0:
         ids, sizes = np.unique(seg, return_counts=True)

@@ -51,9 +51,13 @@ class AISParams:
     foreground_smoothing: float = 1.0
     distance_smoothing: float = 1.6
     min_size: int = 0
+    seeds: str = "distance"
+    seed_dynamic: float = 2.0
+    seed_center_weight: float = 10.0
 
     def __post_init__(self) -> None:
-        check_params(self.foreground_smoothing, self.distance_smoothing, self.min_size)
+        check_params(self.foreground_smoothing, self.distance_smoothing, self.min_size, self.seeds,
+                     self.seed_dynamic, self.seed_center_weight)
 
 
 @dataclass
@@ -142,7 +146,7 @@ def process_block(
                            np.zeros((0, len(STATS))), None if features is None else np.zeros((0, features.shape[0])))
     _, _, boundary, fg_mask, seeds = _smoothed_maps_and_seeds(
         ext_maps, p.center_distance_threshold, p.boundary_distance_threshold, p.foreground_threshold,
-        p.foreground_smoothing, p.distance_smoothing,
+        p.foreground_smoothing, p.distance_smoothing, p.seeds, p.seed_dynamic, p.seed_center_weight,
     )
     h, w = r1 - r0, c1 - c0
     n_seeds = int(seeds.max())

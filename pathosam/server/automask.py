@@ -89,7 +89,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
     if ts is None:
         labels = ais_from_maps(maps, **params)
     else:
-        labels = ais_from_maps(maps, tile_shape=ts, halo=postprocessing_halo(ts, hl), **params)
+        labels = ais_from_maps(maps, tile_shape=ts, halo=postprocessing_halo(ts, hl, params["seeds"]), **params)
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []

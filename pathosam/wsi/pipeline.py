@@ -125,6 +125,9 @@ def _signature(slide: Slide, model, options: SlideOptions) -> dict:
     opts["ais"] = asdict(options.ais)
     if not options.tta:
         del opts["tta"]  # runs without it keep the signature of earlier versions (resumable)
+    if options.ais.seeds == "distance":  # the reference's seeds: the signature of earlier versions
+        for key in ("seeds", "seed_dynamic", "seed_center_weight"):
+            del opts["ais"][key]
     sig = {"format": MANIFEST_FORMAT, "slide": str(slide.path.name), "slide_shape": list(slide.shape),
            "slide_size_bytes": slide.path.stat().st_size, "model": model.model_id, "options": opts}
     return json.loads(json.dumps(sig))  # as it reads back from JSON (tuples -> lists)
@@ -170,8 +173,9 @@ class _Plan:
 
         ts = self.options.tile_shape
         labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
-        return TiledAIS(self.geom.shape, ts, postprocessing_halo(ts, self.options.halo), self.options.ais,
-                        out=labels, on_result=on_result, blocks=blocks, keep_results=keep_results)
+        halo = postprocessing_halo(ts, self.options.halo, self.options.ais.seeds)
+        return TiledAIS(self.geom.shape, ts, halo, self.options.ais, out=labels, on_result=on_result,
+                        blocks=blocks, keep_results=keep_results)
 
 
 def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
