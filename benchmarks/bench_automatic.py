@@ -64,9 +64,23 @@ def bench_postprocessing(repeats: int) -> dict:
     per_tile = 512 * 512 / (maps.shape[1] * maps.shape[2])
     t_untiled, lab_u = timed(lambda: ais_from_maps(maps), repeats)
     t_tiled, lab_t = timed(lambda: ais_from_maps(maps, tile_shape=(384, 384), halo=(64, 64)), repeats)
-    return {"image": list(maps.shape[1:]), "nuclei": int(lab_u.max()), "identical": bool(np.array_equal(lab_u, lab_t)),
-            "untiled_s_per_tile": t_untiled * per_tile, "tiled_s_per_tile": t_tiled * per_tile,
-            "tiled_over_untiled": t_tiled / t_untiled}
+    res = {"image": list(maps.shape[1:]), "nuclei": int(lab_u.max()), "identical": bool(np.array_equal(lab_u, lab_t)),
+           "untiled_s_per_tile": t_untiled * per_tile, "tiled_s_per_tile": t_tiled * per_tile,
+           "tiled_over_untiled": t_tiled / t_untiled}
+    # shape seeds (pathosam_small's default): untiled, tiled as for SAM-size models, and tiled in
+    # the small model's 96 px blocks (post-processing halo 64), each against the reference seeds
+    t_ref_small, _ = timed(lambda: ais_from_maps(maps, tile_shape=(96, 96), halo=(32, 32)), repeats)
+    t_su, lab_su = timed(lambda: ais_from_maps(maps, seeds="shape"), repeats)
+    t_st, lab_st = timed(lambda: ais_from_maps(maps, seeds="shape", tile_shape=(384, 384), halo=(64, 64)), repeats)
+    t_ss, lab_ss = timed(lambda: ais_from_maps(maps, seeds="shape", tile_shape=(96, 96), halo=(64, 64)), repeats)
+    res["shape_seeds"] = {
+        "nuclei": int(lab_su.max()), "identical_tiled_384": bool(np.array_equal(lab_su, lab_st)),
+        "identical_tiled_96": bool(np.array_equal(lab_su, lab_ss)),
+        "untiled_s_per_tile": t_su * per_tile, "tiled_384_s_per_tile": t_st * per_tile,
+        "tiled_96_s_per_tile": t_ss * per_tile, "untiled_over_reference_seeds": t_su / t_untiled,
+        "tiled_96_over_reference_seeds_tiled_96": t_ss / t_ref_small,
+    }
+    return res
 
 
 def bench_ais_model(model, image: np.ndarray, repeats: int) -> dict:
@@ -127,8 +141,12 @@ def main() -> None:
     ap.add_argument("--skip-amg", action="store_true")
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--stream-size", type=int, default=8192)
+    ap.add_argument("--postprocessing-only", action="store_true", help="only time the AIS post-processing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.postprocessing_only:
+        print(json.dumps({"torch": torch.__version__, "postprocessing": bench_postprocessing(args.repeats)}, indent=2))
+        return
 
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {args.threads} threads",
            "torch": torch.__version__}

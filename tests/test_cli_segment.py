@@ -82,6 +82,30 @@ def test_segment_tiled_with_classes(rgb, tiny_files, tmp_path, capsys):
     assert not list(out.glob("*partial*"))
 
 
+def test_segment_seed_rules(rgb, tiny_files, tmp_path, capsys):
+    path = tmp_path / "t.png"
+    Image.fromarray(rgb[:, :300]).save(path)
+    labels = {}
+    for seeds in ("distance", "shape"):
+        out = tmp_path / seeds
+        assert main(["segment", str(path), "-o", str(out), *model_args(tiny_files), "--foreground-threshold", "0.3",
+                     "--tile-shape", "256", "--halo", "64", "--seeds", seeds, "-q"]) == 0
+        labels[seeds], _ = check_outputs(out, "t", (512, 300))
+    assert not np.array_equal(labels["distance"], labels["shape"])
+    # shape seeds ignore the distance thresholds and follow their own parameters
+    out = tmp_path / "shape_thr"
+    assert main(["segment", str(path), "-o", str(out), *model_args(tiny_files), "--foreground-threshold", "0.3",
+                 "--tile-shape", "256", "--halo", "64", "--seeds", "shape", "--center-distance-threshold", "0.1",
+                 "-q"]) == 0
+    np.testing.assert_array_equal(read_label_tiff(out / "t.tif"), labels["shape"])
+    capsys.readouterr()
+    assert main(["segment", str(path), "-o", str(tmp_path / "x"), *model_args(tiny_files), "--seeds", "blob"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["segment", str(path), "-o", str(tmp_path / "x"), *model_args(tiny_files), "--seeds", "shape",
+                 "--seed-dynamic", "0", "-q"]) == 1
+    assert "seed_dynamic" in capsys.readouterr().err
+
+
 def test_segment_batch_with_bad_files(rgb, tiny_files, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
