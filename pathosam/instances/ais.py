@@ -172,9 +172,11 @@ def ais_from_maps(
     Notes
     -----
     Gaussian smoothing is ``scipy.ndimage.gaussian_filter(..., mode="mirror", truncate=3.0)``;
-    seeds are the 8-connected components of (centre < t_c) & (boundary < t_b) & foreground; they
-    grow by a 4-connected seeded watershed of the smoothed boundary distance restricted to the
-    foreground mask. Foreground not reachable from a seed stays 0.
+    seeds are the 8-connected components of (centre < t_c) & (boundary < t_b) & foreground (or of
+    the shape seeds' maxima); they grow by a 4-connected seeded watershed of the smoothed boundary
+    distance restricted to the foreground mask. Foreground not reachable from a seed stays 0.
+    Tiled shape seeds need a halo of about the size of the largest cluster of touching nuclei
+    (64 px is what ``pathosam`` uses; the distance transform sees the whole cluster).
     """
     check_params(foreground_smoothing, distance_smoothing, min_size, seeds, seed_dynamic, seed_center_weight)
     if tile_shape is not None:
