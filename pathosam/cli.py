@@ -287,6 +287,13 @@ def _segment(args: argparse.Namespace) -> int:
         raise UsageError("--tta averages the AIS decoder maps: it needs --mode ais")
     params = {k: getattr(args, k) for k in (AIS_OPTIONS if args.mode == "ais" else AMG_OPTIONS)
               if getattr(args, k) is not None}
+    if args.mode == "ais":  # bad post-processing values: say so before loading the model
+        from .instances.tiled import AISParams
+
+        try:
+            AISParams(**params)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
           file=sys.stderr)
