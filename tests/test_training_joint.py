@@ -137,22 +137,29 @@ class _Crop:
         self.name, self.image, self.labels = name, np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
+def train_args(data_dir, paths, out, *extra: str, iterations: int = 1, patch: int = 96, sub_iterations: int = 1,
+               validate_every: int = 1) -> list[str]:
+    """`pathosam train` arguments: the small model saved at ``paths`` (SAM, decoder) on GBM40, batch
+    1, 2 objects, 1 validation patch, CPU; ``extra`` options go right after ``--decoder``."""
+    return ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]), *extra,
+            "--out", str(out), "--iterations", str(iterations), "--batch-size", "1", "--patch-shape", str(patch),
+            "--n-objects", "2", "--sub-iterations", str(sub_iterations), "--validate-every", str(validate_every),
+            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
+
+
 def test_cli_train_and_resume(data_dir, tmp_path, capsys):
     from pathosam.cli import main
 
     start = small()
     paths = start.save(tmp_path / "start.pt")
-    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
-            "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "1", "--patch-shape", "96",
-            "--n-objects", "2", "--sub-iterations", "2", "--validate-every", "1", "--val-patches", "1",
-            "--device", "cpu", "-q", "--val-fraction", "0.1"]
-    assert main(args) == 0
+    run = tmp_path / "run"
+    assert main(train_args(data_dir, paths, run, iterations=2, sub_iterations=2)) == 0
     out = capsys.readouterr().out
     assert "trained 2 iterations" in out and "sam.pt" in out
-    assert (tmp_path / "run" / "export" / "sam_decoder.pt").is_file()
-    assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "config.json").is_file()
+    assert (run / "export" / "sam_decoder.pt").is_file()
+    assert (run / "log.csv").is_file() and (run / "config.json").is_file()
     # --resume with more iterations continues from the latest checkpoint
-    more = [a if a != "2" or args[i - 1] != "--iterations" else "3" for i, a in enumerate(args)]
+    more = train_args(data_dir, paths, run, iterations=3, sub_iterations=2)
     assert main([*more, "--resume"]) == 0
     assert "trained 3 iterations" in capsys.readouterr().out
     assert main([*more, "--resume", "--lr", "0.5"]) == 1  # other settings: refused
@@ -164,41 +171,33 @@ def test_cli_image_skip_branch_is_trained_and_kept_on_resume(data_dir, tmp_path,
     from pathosam.models.checkpoint import read_checkpoint
 
     paths = small().save(tmp_path / "start.pt")
-    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
-            "--image-skip", "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "1",
-            "--patch-shape", "96", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "2",
-            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
-    assert main(args) == 0
-    dec = read_checkpoint(tmp_path / "run" / "export" / "sam_decoder.pt").decoder_state
+    run = tmp_path / "run"
+    assert main(train_args(data_dir, paths, run, "--image-skip", iterations=2, validate_every=2)) == 0
+    dec = read_checkpoint(run / "export" / "sam_decoder.pt").decoder_state
     head = dec["decoder_head.block.1.weight"]
     assert head.shape[1] == 3 * 8 and "image_conv.block.1.weight" in dec
     assert head[:, 16:].abs().sum() > 0  # the new channels started at zero and were trained
-    model = pathosam.load_model(tmp_path / "run" / "checkpoints" / "latest.pt", device="cpu")
+    model = pathosam.load_model(run / "checkpoints" / "latest.pt", device="cpu")
     assert model.needs_image()
     capsys.readouterr()
-    more = [a if a != "2" or args[i - 1] != "--iterations" else "3" for i, a in enumerate(args)]
-    assert main([a for a in more if a != "--image-skip"] + ["--resume"]) == 1
+    assert main([*train_args(data_dir, paths, run, iterations=3, validate_every=2), "--resume"]) == 1
     assert "--image-skip" in capsys.readouterr().err
-    assert main([*more, "--resume"]) == 0
+    assert main([*train_args(data_dir, paths, run, "--image-skip", iterations=3, validate_every=2), "--resume"]) == 0
 
 
 def test_cli_input_size_trains_at_the_new_size_and_resume_needs_it(data_dir, tmp_path, capsys):
     from pathosam.cli import main
 
     paths = small().save(tmp_path / "start.pt")
-    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
-            "--input-size", "512", "--out", str(tmp_path / "run"), "--iterations", "1", "--batch-size", "1",
-            "--patch-shape", "192", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "1",
-            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
-    assert main(args) == 0
-    model = pathosam.load_model(tmp_path / "run" / "checkpoints" / "latest.pt", device="cpu")
+    run = tmp_path / "run"
+    assert main(train_args(data_dir, paths, run, "--input-size", "512", patch=192)) == 0
+    model = pathosam.load_model(run / "checkpoints" / "latest.pt", device="cpu")
     assert model.sam.img_size == 512 and model.sam.config.global_attn_indexes == (1,)
     capsys.readouterr()
-    more = [a if a != "1" or args[i - 1] != "--iterations" else "2" for i, a in enumerate(args)]
-    assert main([*more[:7], *more[9:], "--resume"]) == 1  # without --input-size 512
+    assert main([*train_args(data_dir, paths, run, iterations=2, patch=192), "--resume"]) == 1  # no --input-size
     assert "--input-size 512" in capsys.readouterr().err
-    assert main([*more, "--resume"]) == 0
-    assert main([*args[:7], "--input-size", "500", *args[9:], "--out", str(tmp_path / "bad")]) == 2  # usage error
+    assert main([*train_args(data_dir, paths, run, "--input-size", "512", iterations=2, patch=192), "--resume"]) == 0
+    assert main(train_args(data_dir, paths, tmp_path / "bad", "--input-size", "500", patch=192)) == 2  # usage error
     assert "multiple of 16" in capsys.readouterr().err
 
 
@@ -206,18 +205,15 @@ def test_cli_scale_jitter_zooms_training_patches_only(data_dir, tmp_path, capsys
     from pathosam.cli import main
 
     paths = small().save(tmp_path / "start.pt")
-    args = ["train", "--data", str(data_dir / "gbm40"), "--from", str(paths[0]), "--decoder", str(paths[1]),
-            "--scale-jitter", "0.8,1.5", "--out", str(tmp_path / "run"), "--iterations", "1", "--batch-size", "1",
-            "--patch-shape", "96", "--n-objects", "2", "--sub-iterations", "1", "--validate-every", "1",
-            "--val-patches", "1", "--device", "cpu", "-q", "--val-fraction", "0.1"]
+    run = tmp_path / "run"
+    args = train_args(data_dir, paths, run, "--scale-jitter", "0.8,1.5")
     assert main(args) == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["scale_range"] == [0.8, 1.5]
-    more = [a if a != "1" or args[i - 1] != "--iterations" else "2" for i, a in enumerate(args)]
-    assert main([*more[:7], *more[9:], "--resume"]) == 1  # the zoom is a setting of the run
-    assert main([*more, "--resume"]) == 0
+    assert json.loads((run / "config.json").read_text())["scale_range"] == [0.8, 1.5]
+    assert main([*train_args(data_dir, paths, run, iterations=2), "--resume"]) == 1  # the zoom is a setting of the run
+    assert main([*train_args(data_dir, paths, run, "--scale-jitter", "0.8,1.5", iterations=2), "--resume"]) == 0
     capsys.readouterr()
     for bad in ["1.5,0.8", "x", "0,1"]:
-        assert main([*args[:8], bad, *args[9:]]) == 2
+        assert main(train_args(data_dir, paths, run, "--scale-jitter", bad)) == 2
         assert "--scale-jitter" in capsys.readouterr().err
     assert main([*args, "--semantic"]) == 2
 

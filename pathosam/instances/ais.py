@@ -89,8 +89,8 @@ def check_maps(maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def check_params(foreground_smoothing: float, distance_smoothing: float, min_size: int,
-                 seeds: str = "distance", seed_dynamic: float = 2.0, seed_center_weight: float = 10.0) -> None:
+def check_params(foreground_smoothing: float, distance_smoothing: float, min_size: int, seeds: str,
+                 seed_dynamic: float, seed_center_weight: float) -> None:
     if seeds not in SEED_MODES:
         raise ValueError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
     if not seed_dynamic > 0 or not seed_center_weight >= 0:
