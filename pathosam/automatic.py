@@ -357,33 +357,42 @@ def _amg(model, image, tile_shape, halo, params: dict, classes: bool, batch_size
     return out
 
 
+#: Output formats of an image run, in the order they are written.
+OUTPUT_FORMATS = ("tif", "geojson", "geojson.gz", "csv", "parquet")
+
+
 def save_segmentation(
     result: Segmentation, out_dir: str | os.PathLike, name: str,
     formats: tuple[str, ...] = ("tif", "geojson", "csv", "parquet"), progress: bool = False,
 ) -> list[str]:
     """Write ``result`` as ``OUT_DIR/NAME.tif`` (uint32 labels), ``NAME.geojson`` (QuPath
     detections), ``NAME.csv`` / ``NAME.parquet`` (one row per nucleus); returns the paths written.
-    Each file is written under a temporary name and renamed when complete."""
-    from .io import write_geojson, write_label_tiff, write_table
 
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    unknown = set(formats) - {"tif", "geojson", "geojson.gz", "csv", "parquet"}
-    if unknown:
-        raise ValueError(f"unknown output format(s) {sorted(unknown)}")
-    written = []
-    if "tif" in formats:
-        written.append(str(write_label_tiff(os.path.join(out_dir, f"{name}.tif"), result.labels)))
-    table = result.table() if set(formats) & {"geojson", "geojson.gz", "csv", "parquet"} else None
-    for fmt in ("geojson", "geojson.gz"):
-        if fmt in formats:
-            written.append(str(write_geojson(os.path.join(out_dir, f"{name}.{fmt}"), result.labels, table,
-                                             id_namespace=name, progress=progress)))
-    csv = os.path.join(out_dir, f"{name}.csv") if "csv" in formats else None
-    parquet = os.path.join(out_dir, f"{name}.parquet") if "parquet" in formats else None
-    if csv or parquet:
-        written += [str(p) for p in write_table(table, csv_path=csv, parquet_path=parquet)]
-    return written
+    The files are written as one set (:func:`pathosam.io.atomic_file_set`): they appear together
+    once all are complete; if any writer fails, the folder keeps what it had. Outputs of ``name``
+    in formats not written this time (from an earlier run) are removed with the commit, so the
+    folder never mixes two runs.
+    """
+    from .io import atomic_file_set, write_geojson, write_label_tiff, write_table
+
+    unknown = set(formats) - set(OUTPUT_FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"unknown output format(s) {sorted(unknown)}; choose among {', '.join(OUTPUT_FORMATS)}"
+                         if unknown else "no output format given")
+    formats = tuple(f for f in OUTPUT_FORMATS if f in formats)
+    files = [f"{name}.{fmt}" for fmt in formats]
+    with atomic_file_set(out_dir, files, replaces=[f"{name}.{fmt}" for fmt in OUTPUT_FORMATS]) as tmp:
+        if "tif" in formats:
+            write_label_tiff(tmp / f"{name}.tif", result.labels)
+        table = result.table() if set(formats) & {"geojson", "geojson.gz", "csv", "parquet"} else None
+        for fmt in ("geojson", "geojson.gz"):
+            if fmt in formats:
+                write_geojson(tmp / f"{name}.{fmt}", result.labels, table, id_namespace=name, progress=progress)
+        csv = tmp / f"{name}.csv" if "csv" in formats else None
+        parquet = tmp / f"{name}.parquet" if "parquet" in formats else None
+        if csv or parquet:
+            write_table(table, csv_path=csv, parquet_path=parquet)
+    return [os.path.join(os.fspath(out_dir), f) for f in files]
 
 
 def image_name(path: str | os.PathLike) -> str:

@@ -264,12 +264,50 @@ def _expand_inputs(items: Sequence[str]) -> list[str]:
     return files
 
 
-def _segment(args: argparse.Namespace) -> int:
+def _report_failure(path: str, err: Exception) -> None:
+    """One line for a file that failed; the batch goes on. Expected failures (bad file, bad value,
+    disk) print their message; anything else is named as unexpected (traceback with PATHOSAM_DEBUG=1)."""
+    import os
+
+    msg = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (ValueError, OSError)):
+        msg = f"unexpected {type(err).__name__}: {msg} (PATHOSAM_DEBUG=1 shows the traceback; please report it)"
+        if os.environ.get("PATHOSAM_DEBUG"):
+            import traceback
+
+            traceback.print_exception(err, file=sys.stderr)
+    _error(msg if msg.startswith(path) else f"{path}: {msg}")
+
+
+def _segment_image(args: argparse.Namespace, path: str, name: str, model, formats, params) -> int:
+    """The image path of ``pathosam segment``: read, segment, write the output set; returns the
+    number of nuclei."""
     import os
     import time
 
-    from .automatic import image_name, save_segmentation, segment_nuclei
+    from .automatic import save_segmentation, segment_nuclei
     from .image import read_image
+
+    if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
+        raise ValueError("the label TIFF would overwrite the input; choose another output directory")
+    image = read_image(path)
+    t0 = time.perf_counter()
+    result = segment_nuclei(image, model, mode=args.mode,
+                            tile_shape=None if args.no_tiling else (args.tile_shape or "auto"), halo=args.halo,
+                            batch_size=args.batch_size, classes=args.classes, normalization=args.normalization,
+                            progress=not args.quiet, tta=args.tta, **params)
+    save_segmentation(result, args.output, name, formats, progress=False)
+    tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
+    print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
+          f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
+    return result.n_objects
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import time
+
+    from .automatic import OUTPUT_FORMATS, image_name
+    from .io import prepare_output_dir
     from .wsi import is_slide
 
     inputs = _expand_inputs(args.images)
@@ -280,7 +318,9 @@ def _segment(args: argparse.Namespace) -> int:
             raise UsageError(f"{f} and {names[n]} would both write {n}.* in {args.output}; segment them separately")
         names[n] = f
     formats = tuple(args.formats.split(","))
-    tile_shape = None if args.no_tiling else (args.tile_shape or "auto")
+    if not set(formats) <= set(OUTPUT_FORMATS):
+        raise UsageError(f"--formats: unknown {', '.join(sorted(set(formats) - set(OUTPUT_FORMATS)))}; "
+                         f"choose among {', '.join(OUTPUT_FORMATS)}")
     if args.no_tiling and args.halo is not None:
         raise UsageError("--halo cannot be combined with --no-tiling")
     if args.tta and args.mode != "ais":
@@ -294,6 +334,10 @@ def _segment(args: argparse.Namespace) -> int:
             AISParams(**params)
         except ValueError as err:
             raise UsageError(str(err)) from None
+    try:  # a bad -o is found before any work
+        prepare_output_dir(args.output)
+    except OSError as err:
+        raise UsageError(str(err)) from None
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
           file=sys.stderr)
@@ -303,33 +347,14 @@ def _segment(args: argparse.Namespace) -> int:
     n_nuclei = 0
     for path in inputs:
         name = image_name(path)
-        if is_slide(path):
-            try:
+        try:  # the per-file boundary: whatever fails for this file, the batch goes on
+            if is_slide(path):
                 n_nuclei += _segment_one_slide(args, path, name, model, client)
-            except (ValueError, OSError, RuntimeError) as err:
-                msg = str(err)
-                _error(msg if path in msg else f"{path}: {msg}")
-                failed.append(path)
-            continue
-        try:
-            image = read_image(path)
-            if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
-                raise ValueError("the label TIFF would overwrite the input; choose another output directory")
-            t0 = time.perf_counter()
-            result = segment_nuclei(image, model, mode=args.mode, tile_shape=tile_shape, halo=args.halo,
-                                    batch_size=args.batch_size, classes=args.classes,
-                                    normalization=args.normalization, progress=not args.quiet, tta=args.tta,
-                                    **params)
-            save_segmentation(result, args.output, name, formats, progress=False)
-        except (ValueError, OSError, RuntimeError) as err:
-            msg = str(err)
-            _error(msg if path in msg else f"{path}: {msg}")
+            else:
+                n_nuclei += _segment_image(args, path, name, model, formats, params)
+        except Exception as err:  # noqa: BLE001 - reported in one line; KeyboardInterrupt ends the batch
+            _report_failure(path, err)
             failed.append(path)
-            continue
-        n_nuclei += result.n_objects
-        tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
-        print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
-              f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
     if client is not None:
         client.close()
     done = len(inputs) - len(failed)
@@ -574,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # our own one-line errors say what failed
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

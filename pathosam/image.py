@@ -117,23 +117,131 @@ def transform_coords(coords: np.ndarray, original_size: tuple[int, int], long_si
     return out
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG/JPEG/other (Pillow) image as an array, with a clear error."""
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image: truncated, corrupt, too large, not an image.
+
+    The message starts with the file's path and says why, on one line.
+    """
+
+
+#: Largest image :func:`read_image` decodes into memory, in pixels (rows x cols): 2**28, about
+#: 16384 x 16384 (768 MiB as RGB uint8). Larger images are whole slides: pyramidal or very large
+#: TIFFs and slide formats take the streaming slide path instead (:mod:`pathosam.wsi`).
+MAX_IMAGE_PIXELS = 1 << 28
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def is_tiff(path: str | os.PathLike) -> bool:
+    """True when the file starts with a TIFF (or BigTIFF) header, whatever its suffix."""
+    with open(path, "rb") as f:
+        return f.read(4) in _TIFF_MAGIC
+
+
+def tiff_truncation(tif, file_size: int) -> str | None:
+    """Why an open ``tifffile.TiffFile`` is incomplete (image data past the end of the file), or
+    None when every strip or tile of its first series (all pyramid levels) lies inside the file.
+    Reads no pixels."""
+    pages = [page for level in tif.series[0].levels for page in level.pages if page is not None]
+    for page in pages:
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            if count and offset + count > file_size:
+                return (f"truncated: image data up to byte {offset + count:,} but the file has "
+                        f"{file_size:,} bytes")
+    return None
+
+
+def _check_size(pixels: int, max_pixels: int, declared: str) -> None:
+    if pixels > max_pixels:
+        raise ImageReadError(
+            f"declares {declared} ({pixels / 1e6:,.0f} Mpx), more than the {max_pixels / 1e6:,.0f} Mpx an "
+            "image may have in memory; a whole slide must be a pyramidal TIFF or a slide format (SVS, "
+            "NDPI, ...) to be read tile by tile"
+        )
+
+
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageReadError("the TIFF holds no image (empty or truncated after its header)")
+        series = tif.series[0]
+        shape = series.shape
+        if len(shape) >= 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+            height, width = shape[1], shape[2]  # channels first
+        else:
+            height, width = shape[0], shape[1] if len(shape) > 1 else 1
+        _check_size(int(height) * int(width), max_pixels, f"{width} x {height} px")
+        problem = tiff_truncation(tif, path.stat().st_size)
+        if problem:
+            raise ImageReadError(problem)
+        image = series.asarray()
+    # channels-first small stacks (3, H, W) are common in TIFF: move channels last
+    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[2] not in (3, 4):
+        image = np.moveaxis(image, 0, -1)
+    return image
+
+
+def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as err:  # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) is lower
+        import re
+
+        m = re.search(r"\((\d+) pixels\).*?limit of (\d+)", str(err))
+        declared, limit = (int(m.group(1)), int(m.group(2))) if m else (max_pixels + 1, max_pixels)
+        _check_size(declared, min(max_pixels, limit), f"{declared:,} px")
+        raise
+    with im:
+        _check_size(im.size[0] * im.size[1], max_pixels, f"{im.size[0]} x {im.size[1]} px")
+        im.load()  # decodes: raises on truncated or corrupt data
+        if im.mode not in ("L", "RGB", "RGBA", "I;16", "I", "F"):
+            im = im.convert("RGB")
+        return np.asarray(im)
+
+
+def describe_error(err: BaseException) -> str:
+    """A decoder's exception as a short phrase: ``zlib.error: Error -3 ...`` (first line only)."""
+    if type(err).__name__ == "UnidentifiedImageError":  # Pillow's message repeats the path
+        return "not an image format that tifffile or Pillow reads (TIFF, PNG, JPEG, BMP, ...)"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    kind = type(err).__name__
+    if kind.islower() and type(err).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(err).__module__}.{kind}"  # zlib.error, struct.error
+    return f"{kind}: {text}" if text and kind not in ("ImageReadError", "ValueError", "OSError") else (text or kind)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file into memory as an array (H, W[, C]), whatever its suffix says.
+
+    TIFF (by its header bytes) is read with tifffile, everything else with Pillow (PNG, JPEG,
+    BMP, ...). Before decoding, the declared size is checked against ``max_pixels`` (a
+    decompression bomb is refused without allocating it) and a TIFF's strips against the file
+    size (a truncated TIFF is refused, not zero-filled).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a file.
+    ImageReadError
+        For any failure of decoding. The rule: whatever a decoder raises while reading this
+        file (``zlib.error``, ``struct.error``, ``EOFError``, ``SyntaxError``, ``MemoryError``,
+        Pillow's ``DecompressionBombError``, ...) is a property of the file, so it becomes one
+        ``ImageReadError`` naming the file and the cause; ``KeyboardInterrupt`` passes through.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            image = tifffile.imread(path)
-            # channels-first small stacks (3, H, W) are common in TIFF: move channels last
-            if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[2] not in (3, 4):
-                image = np.moveaxis(image, 0, -1)
-            return image
-        with Image.open(path) as im:
-            if im.mode not in ("L", "RGB", "RGBA", "I;16", "I", "F"):
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read this file as an image ({err})") from None
+        if path.stat().st_size == 0:
+            raise ImageReadError("the file is empty")
+        image = _read_tiff(path, max_pixels) if is_tiff(path) else _read_pillow(path, max_pixels)
+        check_image(image, str(path))
+    except ImageReadError as err:
+        raise ImageReadError(f"{path}: cannot read this file as an image: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the rule above: any decoder failure is the file's
+        if str(err).startswith(str(path)):
+            raise ImageReadError(str(err)) from None
+        raise ImageReadError(f"{path}: cannot read this file as an image ({describe_error(err)})") from None
+    return image

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 PARTIAL = ".partial"
@@ -88,3 +88,86 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             _remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file_set(directory: str | os.PathLike, names: Sequence[str],
+                    replaces: Sequence[str] = ()) -> Iterator[Path]:
+    """Write several files as one set: all new, or (on failure) all old.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the files go (created if missing).
+    names : sequence of str
+        File names (no folders) that the block writes, each into the yielded staging folder.
+    replaces : sequence of str
+        File names in ``directory`` that belong to the same set (e.g. every output format of one
+        image): those not in ``names`` are removed when the new set is committed, so that the
+        folder never holds files of two runs side by side.
+
+    Yields
+    ------
+    Path
+        A fresh staging folder inside ``directory`` (``.FIRST.partial-set``, FIRST the first of
+        ``replaces``, else of ``names``); write ``names`` there.
+
+    Notes
+    -----
+    Only when the block succeeds and every name exists in the staging folder are the files moved
+    onto their final names (one :func:`os.replace` each) and the stale ones of ``replaces``
+    removed. On any exception (including ``KeyboardInterrupt``) the staging folder is removed and
+    ``directory`` is left exactly as it was. A kill during the moves themselves (microseconds)
+    can still leave a mix; the next run of the same set replaces it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not names:
+        raise ValueError("atomic_file_set: no file names given")
+    staging = directory / f".{(list(replaces) or list(names))[0]}.partial-set"
+    _remove(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        missing = [n for n in names if not (staging / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: the writer produced no {', '.join(missing)}")
+        for n in names:
+            target = directory / n
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(staging / n, target)
+        for n in replaces:
+            if n not in names:
+                with contextlib.suppress(FileNotFoundError):
+                    _remove(directory / n)
+    finally:
+        with contextlib.suppress(OSError):
+            _remove(staging)
+
+
+def prepare_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create the folder ``path`` if needed and check that files can be written there.
+
+    Meant to run before any work, so that a bad ``-o`` is reported at once instead of after
+    the first image. Raises ``NotADirectoryError`` / ``PermissionError`` / ``OSError`` with a
+    one-line message naming the path and the cause (not a bare errno).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"{what} {p}: exists and is not a directory")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{what} {p}: cannot be created, {parent} is a file")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".pathosam-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError:
+        raise PermissionError(f"{what} {p}: not writable (permission denied)") from None
+    except OSError as err:
+        raise OSError(f"{what} {p}: not writable ({err.strerror or err})") from None
+    return p

@@ -19,6 +19,10 @@ OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", 
                       ".dcm")
 
 
+class SlideReadError(ValueError):
+    """A region of an opened slide cannot be decoded (corrupt or missing tile data)."""
+
+
 class Slide:
     """A whole-slide image opened for lazy region reads.
 
@@ -45,7 +49,22 @@ class Slide:
 
     def read(self, row: int, col: int, height: int, width: int, level: int = 0) -> np.ndarray:
         """RGB uint8 (height, width, 3) region whose top-left corner is (row, col) in *level*
-        pixels; parts outside the slide are white."""
+        pixels; parts outside the slide are white.
+
+        Raises :class:`SlideReadError` (naming the file and the region) for whatever the backend
+        raises while decoding (a corrupt or missing tile: ``OpenSlideError``, ``zlib.error``, ...).
+        """
+        try:
+            return self._read(row, col, height, width, level)
+        except Exception as err:  # noqa: BLE001 - any decoder failure is the file's (see image.read_image)
+            from ..image import describe_error
+
+            raise SlideReadError(
+                f"{self.path}: cannot read the region at row {row}, col {col} ({height} x {width} px, "
+                f"level {level}): {describe_error(err)}"
+            ) from None
+
+    def _read(self, row: int, col: int, height: int, width: int, level: int) -> np.ndarray:
         raise NotImplementedError
 
     def best_level(self, downsample: float) -> int:
@@ -116,7 +135,7 @@ class OpenSlideSlide(Slide):
         except (KeyError, ValueError):
             self.mpp = None
 
-    def read(self, row: int, col: int, height: int, width: int, level: int = 0) -> np.ndarray:
+    def _read(self, row: int, col: int, height: int, width: int, level: int) -> np.ndarray:
         ds = self._osr.level_downsamples[level]
         # OpenSlide takes the top-left in level-0 pixels and the size in level pixels
         rgba = np.asarray(self._osr.read_region((round(col * ds), round(row * ds)), level, (width, height)))
@@ -138,6 +157,9 @@ class TiffSlide(Slide):
 
         self.path = Path(path)
         self._tif = tifffile.TiffFile(str(path))
+        if not self._tif.series:
+            self._tif.close()
+            raise ValueError("the TIFF holds no image (empty or truncated after its header)")
         series = self._tif.series[0]
         levels = series.levels
         self._axes = series.axes
@@ -151,6 +173,17 @@ class TiffSlide(Slide):
             self.level_shapes.append(self._rc_shape(lvl.shape))
         self.shape = self.level_shapes[0]
         self.mpp = _tiff_mpp(self._tif)
+        from ..image import tiff_truncation
+
+        problem = tiff_truncation(self._tif, self.path.stat().st_size)
+        if problem:
+            self._tif.close()
+            raise ValueError(problem)
+        try:  # decode one tile of the coarsest level now: an unsupported compression fails at open
+            self._read(0, 0, 1, 1, len(self.level_shapes) - 1)
+        except Exception:
+            self._tif.close()
+            raise
 
     def _rc_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         axes = self._axes
@@ -161,7 +194,7 @@ class TiffSlide(Slide):
         raise ValueError(f"{self.path}: unsupported TIFF layout (axes {axes!r}, shape {shape}); expected an RGB "
                          "or grayscale 2-D image")
 
-    def read(self, row: int, col: int, height: int, width: int, level: int = 0) -> np.ndarray:
+    def _read(self, row: int, col: int, height: int, width: int, level: int) -> np.ndarray:
         H, W = self.level_shapes[level]
         r0, c0, r1, c1 = max(row, 0), max(col, 0), min(row + height, H), min(col + width, W)
         if r0 >= r1 or c0 >= c1:
