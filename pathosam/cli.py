@@ -500,11 +500,6 @@ class _DecoderAction(argparse.Action):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise UsageError("pathosam serve needs fastapi and uvicorn: pip install fastapi uvicorn") from None
     from .server import serve
     from .server.config import ServedModel, ServerConfig
 
