@@ -33,6 +33,17 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
+def checked_output_dir(path: str) -> None:
+    """Create the output folder ``path`` and check it is writable, before any work: a bad ``-o``
+    is a usage error naming the path and the cause (exit 2)."""
+    from .io import prepare_output_dir
+
+    try:
+        prepare_output_dir(path)
+    except OSError as err:
+        raise UsageError(str(err)) from None
+
+
 def _check_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if not registry.is_registered(n)]
     if unknown:
@@ -206,6 +217,9 @@ def _embed(args: argparse.Namespace) -> int:
 
     if args.halo is not None and args.tile_shape is None:
         raise UsageError("--halo needs --tile-shape")
+    import os
+
+    checked_output_dir(os.path.dirname(os.path.abspath(args.output)))
     image = read_image(args.image)
     model = load_model_from_args(args)
     out = args.output
@@ -307,7 +321,6 @@ def _segment(args: argparse.Namespace) -> int:
     import time
 
     from .automatic import OUTPUT_FORMATS, image_name
-    from .io import prepare_output_dir
     from .wsi import is_slide
 
     inputs = _expand_inputs(args.images)
@@ -334,10 +347,7 @@ def _segment(args: argparse.Namespace) -> int:
             AISParams(**params)
         except ValueError as err:
             raise UsageError(str(err)) from None
-    try:  # a bad -o is found before any work
-        prepare_output_dir(args.output)
-    except OSError as err:
-        raise UsageError(str(err)) from None
+    checked_output_dir(args.output)  # a bad -o is found before any work
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
           file=sys.stderr)

@@ -200,3 +200,16 @@ def test_rerun_into_old_folder_never_mixes(tmp_path, monkeypatch):
     monkeypatch.undo()
     save_segmentation(result, out, "im", formats=("tif", "geojson.gz"))
     assert sorted(p.name for p in out.iterdir()) == ["im.geojson.gz", "im.tif"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train", "embed"])
+def test_other_commands_check_their_output_first(command, tmp_path, capsys, corpus, data_dir):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out"
+    good = next(p for p in corpus["valid"] if p.name == "valid_image.png")
+    argv = {"evaluate": ["evaluate", "--data", str(data_dir / "gbm40"), "-o", str(out), "-q"],
+            "train": ["train", "--data", str(data_dir / "gbm40"), "--out", str(out), "-q"],
+            "embed": ["embed", str(good), "-o", str(out / "emb.zarr"), "-q"]}[command]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and "Traceback" not in err, err

@@ -62,7 +62,7 @@ def _open(path: str, fmt: str, split: str | None, limit: int | None):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, load_model_from_args
+    from ..cli import UsageError, checked_output_dir, load_model_from_args
 
     if args.no_tiling and (args.tile_shape or args.halo):
         raise UsageError("--no-tiling cannot be combined with --tile-shape/--halo")
@@ -76,6 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         val = _open(args.val_data or args.data, args.format, args.val_split, args.max_images)
         if not args.val_data and args.val_split == args.split:
             raise UsageError("the validation split must differ from the test split")
+    checked_output_dir(args.output)
     model = load_model_from_args(args)
     out = Path(args.output)
     progress = not args.quiet

@@ -136,12 +136,13 @@ def _initial_model(args):
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import UsageError
+    from ..cli import UsageError, checked_output_dir
 
     if args.semantic and args.scale_jitter:
         raise UsageError("--scale-jitter is for the joint training, not --semantic")
     if args.threads:
         torch.set_num_threads(args.threads)
+    checked_output_dir(args.out)
     train, val = _datasets(args)
     model = _initial_model(args)
     if args.image_skip:
