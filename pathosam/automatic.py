@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .image import LONG_SIDE, Normalization, check_image, prepare_input, to_rgb_uint8
 from .instances.tiled import AISParams, TiledAIS
-from .tiling import tile_grid, tile_slices
+from .tiling import Tile, tile_grid, tile_slices
 
 Mode = Literal["ais", "amg"]
 #: Images with both sides up to this size are segmented untiled by default (``tile_shape="auto"``).
@@ -126,6 +127,7 @@ def segment_nuclei(
     normalization: Normalization = "none",
     progress: bool = True,
     tta: bool = False,
+    on_tiles: Callable[[list[Tile], list[np.ndarray]], None] | None = None,
     **params,
 ) -> Segmentation:
     """Segment every nucleus of ``image`` automatically.
@@ -153,6 +155,10 @@ def segment_nuclei(
     tta : bool
         AIS: test-time augmentation, the mean of the decoder maps of each tile and its three flips
         (:func:`tile_maps`); about 4x the model time, smoother boundaries and fewer split nuclei.
+    on_tiles : callable, optional
+        AIS: called after each batch of tiles (untiled: once, with one whole-image tile) with the
+        tiles and their float32 (3, h, w) instance maps of each tile's outer block (read only). It
+        may raise to stop the segmentation (cooperative cancellation: time limits, clients gone).
     **params
         Post-processing parameters: for AIS the fields of :class:`AISParams`
         (``center_distance_threshold``, ..., ``min_size``; those not given come from the
@@ -169,6 +175,8 @@ def segment_nuclei(
         raise ValueError(f"mode must be 'ais' or 'amg', got {mode!r}")
     if tta and mode != "ais":
         raise ValueError("tta (test-time augmentation of the decoder maps) needs mode='ais'")
+    if on_tiles is not None and mode != "ais":
+        raise ValueError("on_tiles needs mode='ais'")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     params = _split_params(mode, params)
@@ -191,9 +199,10 @@ def segment_nuclei(
     if mode == "ais":
         ais = ais_params(model, params)
         if ts is None:
-            result = _ais_untiled(model, image, ais, classes, normalization, tta)
+            result = _ais_untiled(model, image, ais, classes, normalization, tta, on_tiles)
         else:
-            result = _ais_tiled(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta)
+            result = _ais_tiled(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta,
+                                on_tiles)
         result.parameters = {"mode": mode, **ais.__dict__, **({"tta": True} if tta else {})}
     else:
         result = _amg(model, image, ts, hl, params, classes, batch_size, normalization, progress)
@@ -210,13 +219,17 @@ def segment(image: np.ndarray, model=None, mode: Mode = "ais", **kwargs) -> np.n
 # --------------------------------------------------------------------------------- AIS
 
 
-def _ais_untiled(model, image, params: AISParams, classes: bool, normalization, tta: bool) -> Segmentation:
+def _ais_untiled(model, image, params: AISParams, classes: bool, normalization, tta: bool,
+                 on_tiles=None) -> Segmentation:
     from .instances.ais import ais_from_maps
     from .semantic import nucleus_classes
 
     t0 = time.perf_counter()
     inst, sem, _ = run_tiles(model, [model_input(model, to_rgb_uint8(image, normalization))], classes, tta)
     maps, sem = inst[0], sem[0]
+    if on_tiles is not None:
+        whole = ((0, 0), tuple(image.shape[:2]))
+        on_tiles([Tile(0, whole, whole)], [maps])
     t1 = time.perf_counter()
     labels = ais_from_maps(maps, **params.__dict__)
     out = Segmentation(labels, "ais")
@@ -306,7 +319,7 @@ def feed_tiles(model, job: TiledAIS, tiles, inputs, classes: bool, tta: bool = F
 
 
 def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool, batch_size: int,
-               normalization, progress: bool, tta: bool) -> Segmentation:
+               normalization, progress: bool, tta: bool, on_tiles=None) -> Segmentation:
     from tqdm.auto import tqdm
 
     from .semantic import classes_from_sums
@@ -322,7 +335,10 @@ def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool,
         t0 = time.perf_counter()
         inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)
                               if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
-        seconds = feed_tiles(model, job, batch, inputs, classes, tta)
+        inst, sem, seconds = run_tiles(model, inputs, classes, tta)
+        hand_over(job, batch, inst, sem)
+        if on_tiles is not None:
+            on_tiles(batch, inst)
         t_model += seconds
         t_post += time.perf_counter() - t0 - seconds
         bar.update(len(batch))

@@ -290,7 +290,7 @@ def _report_failure(path: str, err: Exception) -> None:
             import traceback
 
             traceback.print_exception(err, file=sys.stderr)
-    _error(msg if msg.startswith(path) else f"{path}: {msg}")
+    _error(msg if path in msg else f"{path}: {msg}")
 
 
 def _segment_image(args: argparse.Namespace, path: str, name: str, model, formats, params) -> int:
@@ -517,17 +517,23 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     if args.max_request_mb <= 0 or args.max_image_pixels <= 0:
         raise UsageError("--max-request-mb and --max-image-pixels must be positive")
+    for flag, value in (("--max-request-seconds", args.max_request_seconds), ("--body-timeout", args.body_timeout)):
+        if not value >= 0 or value == float("inf"):
+            raise UsageError(f"{flag} must be a number of seconds >= 0 (0 = no limit), got {value}")
     config = ServerConfig(
-        models=args.served or [ServedModel("vit_b_histopathology")], device=args.device,
+        models=args.served or [ServedModel(registry.DEFAULT_MODEL)], device=args.device,
         allow_downloads=args.allow_downloads or args.allow_remote_weights,
         allow_remote_weights=args.allow_remote_weights, max_request_mb=args.max_request_mb,
         max_image_pixels=args.max_image_pixels, embedding_cache=args.embedding_cache,
-        max_loaded_models=args.max_loaded_models,
+        max_loaded_models=args.max_loaded_models, max_request_seconds=args.max_request_seconds,
+        body_timeout=args.body_timeout,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: warning: serving on {args.host}: the server has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    print(f"{PROG} serve: loading {', '.join(m.model for m in config.models)}; QuPath SAM extension server URL: "
+    what = (", ".join(m.model for m in config.models) if args.served else
+            f"the embedded model {registry.DEFAULT_MODEL} (no --model given; listed as vit_b)")
+    print(f"{PROG} serve: loading {what}; QuPath SAM extension server URL: "
           f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/sam/", file=sys.stderr)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
     return EXIT_OK
@@ -547,7 +553,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("-m", "--model", action=_ModelAction, metavar="NAME_OR_FILE", dest="served",
                    help="registry name or weights file to serve; repeat for several, the first is the "
-                   "default (default: vit_b_histopathology)")
+                   f"default (default: the embedded model {registry.DEFAULT_MODEL})")
     p.add_argument("--decoder", action=_DecoderAction, metavar="FILE", dest="served",
                    help="instance-decoder file of the --model given just before it")
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
@@ -561,6 +567,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="largest image, width x height (default 4096*4096)")
     p.add_argument("--embedding-cache", type=int, default=4, help="image embeddings kept in memory (default 4)")
     p.add_argument("--max-loaded-models", type=int, default=1, help="models kept in memory at once (default 1)")
+    p.add_argument("--max-request-seconds", type=float, default=300.0,
+                   help="time limit of one request's model work; a longer automask is stopped and answered "
+                   "503 (default 300; 0 = none). Prompts never wait behind an automask")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds within which a request body must arrive, else 408 (default 60; 0 = none)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
     p.set_defaults(handler=_serve, served=None)

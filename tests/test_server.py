@@ -335,9 +335,11 @@ def test_e1_weights_listing(server, urls):
         assert rows, f"empty weights list for {t} (the extension would throw on Run)"
         assert all(list(r) == ["type", "name", "url"] for r in rows)
         assert rows[0] == {"type": "vit_b", "name": "tiny_sam", "url": urls["sam"]}  # the default first
-    assert json.loads(c.get("/sam/weights/?type=vit_b")[2])[1]["url"] == urls["plain"]
+    # the served files, then the embedded model (always available, listed under vit_b)
+    assert [r["url"] for r in json.loads(c.get("/sam/weights/?type=vit_b")[2])] == [
+        urls["sam"], urls["plain"], "pathosam://pathosam_small"]
     assert c.get("/sam/weights?type=vit_b") == c.get("/sam/weights/?type=vit_b") == c.get("/weights/?type=vit_b")
-    assert len(json.loads(c.get("/sam/weights/")[2])) == 2
+    assert len(json.loads(c.get("/sam/weights/")[2])) == 3
     status, _, body = c.get("/sam/weights/?type=vit_x")
     assert status == 422 and json.loads(body)["detail"][0]["loc"] == ["query", "type"]
 
@@ -459,7 +461,7 @@ def test_registered_urls_resolve_offline_to_the_cache(files, tmp_path, monkeypat
     plain = Path(files["plain"]).resolve()
     store = WeightsStore([(WeightsEntry("vit_b", "plain", plain.as_uri()), ModelSource("file", str(plain)))],
                          tmp_path / "weights", allow_downloads=True)  # offline wins over allow_downloads
-    assert [e.name for e in store.entries("vit_b")] == ["plain"]
+    assert [e.name for e in store.entries("vit_b")] == ["plain", "pathosam_small"]
     with pytest.raises(RequestError) as err:
         store.resolve_url(url)
     assert err.value.status == 503 and "pathosam models fetch vit_b_testsam" in err.value.detail
@@ -467,7 +469,7 @@ def test_registered_urls_resolve_offline_to_the_cache(files, tmp_path, monkeypat
     # once cached (as `pathosam models import` puts files): listed, resolved, registered after a hash check
     registry.import_file("vit_b_testsam", files["sam"])
     registry.import_file("vit_b_testsam_decoder", files["decoder"])
-    assert store.entries("vit_b")[1] == WeightsEntry("vit_b", "vit_b_testsam", url)
+    assert store.entries("vit_b")[2] == WeightsEntry("vit_b", "vit_b_testsam", url)
     assert store.entries("vit_l") == store.entries(None)  # a type without weights lists everything
     source = store.resolve_url(f" {url}/ ")
     assert source == ModelSource("registry", "vit_b_testsam", "vit_b_testsam_decoder")
@@ -711,7 +713,7 @@ def test_serve_cli_refuses_bad_setups(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATHOSAM_OFFLINE", "1")
     assert main(["serve", "--model", str(tmp_path / "missing.pt")]) == 1
     assert "neither a registered model name" in capsys.readouterr().err
-    assert main(["serve"]) == 1  # the default model is not cached
+    assert main(["serve", "--model", "vit_b_histopathology"]) == 1  # not cached
     assert "pathosam models fetch vit_b_histopathology" in capsys.readouterr().err
     assert main(["serve", "--model", "vit_b_histopathology_decoder"]) == 1
     assert main(["serve", "--decoder", "x.pt"]) == 2

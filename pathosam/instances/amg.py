@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -566,6 +566,7 @@ def generate_mask_candidates(
     stability_score_thresh: float = 0.95,
     stability_score_offset: float = 1.0,
     progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> MaskCandidates:
     """Run the point grid through SAM on every crop and keep the masks passing the pre-filters.
 
@@ -595,6 +596,9 @@ def generate_mask_candidates(
         Logit offset of the stability score (1.0).
     progress : bool
         Show a tqdm bar over point batches.
+    on_batch : callable, optional
+        Called after each point batch with (batches done, total batches); it may raise to stop
+        (cooperative cancellation: time limits, clients gone).
 
     Returns
     -------
@@ -658,6 +662,8 @@ def generate_mask_candidates(
                         m, glob[j], iou_np[k], stab[idx[j]], crop_box, (float(p[0] + cx0), float(p[1] + cy0))
                     ))
             bar.update(1)
+            if on_batch is not None:
+                on_batch(i * n_batches + start // points_per_batch + 1, n_batches * len(crop_boxes))
         crops.append(records)
     bar.close()
     return MaskCandidates(crops, crop_boxes, (H, W), float(pred_iou_thresh), float(stability_score_thresh),

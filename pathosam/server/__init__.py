@@ -18,7 +18,26 @@ POST    ``/sam/sam3/``             503 (no SAM3); ``video/``, ``sam3video/`` 404
 Modules: :mod:`.wire` (request bodies), :mod:`.images` (``b64img`` decoding),
 :mod:`.geometry` (mask -> Feature), :mod:`.weights` (offered weights, ``checkpoint_url``
 resolution, registration, progress/cancel), :mod:`.engine` (models, embedding cache,
-inference), :mod:`.automask`, :mod:`.app` (routes, limits, errors), :mod:`.config`.
+inference), :mod:`.jobs` (the model lock, prompt priority, time limits, cancellation),
+:mod:`.automask`, :mod:`.limits` (body size and time), :mod:`.app` (routes, errors),
+:mod:`.config`.
+
+Models: ``pathosam serve`` without ``--model`` serves the embedded model ``pathosam_small``
+(shipped in the package, so it works offline at once). It is listed under SAM type ``vit_b``
+with the URL ``pathosam://pathosam_small``: it is a ViT of width 96 with a 256 px input, not a
+SAM size, and ``vit_b`` is the type QuPath users pick for PathoSAM (every non-SAM width is
+listed as ``vit_b``; the type is only a listing key, the architecture comes from the
+checkpoint). It is also offered by servers started with other models, after them. Registry
+models list under their name's type (``vit_l_histopathology`` -> ``vit_l``), files under their
+encoder width's (:mod:`.weights`).
+
+Availability: one model copy, one computation at a time, but a prompt never waits for a whole
+automask: prompts go first, and an automask runs tile by tile (AIS) or point batch by point
+batch (AMG), handing the model to waiting prompts in between (:mod:`.jobs`). An automask that
+runs past ``--max-request-seconds`` (default 300) stops and is answered 503 with a message
+naming the flag; one whose client disconnects stops at the next tile. A request body must
+arrive within ``--body-timeout`` seconds (default 60), else 408 and the connection is closed
+(a declared ``Content-Length`` with no body no longer holds a connection forever).
 
 samapi behaviour **replicated** (the extension depends on it or cannot tell):
 
@@ -36,9 +55,14 @@ samapi behaviour **fixed** (wire-compatible; the extension parses the same shape
 
 * ``quality`` is each mask's own predicted IoU (samapi rotates the three multimask scores);
 * grayscale, palette, RGBA, 16-bit images are converted to RGB (samapi: 500 or a broken mask);
-* bad input is a 4xx JSON error, never a 500 and never a dead worker: malformed JSON (422),
-  bad base64 / not an image / too many pixels / empty prompt / point or box outside the image /
-  label not 0 or 1 (400), body over ``--max-request-mb`` (413);
+* bad input is a 4xx JSON error, never a 500 and never a dead worker: malformed JSON, wrong
+  types, integers outside 32 bits, NaN / Infinity, lone surrogates, control characters in URLs
+  or names (422), bad base64 / not an image / too many pixels / empty prompt / point or box
+  outside the image / label not 0 or 1 / a ``checkpoint_url`` that is no usable URL (e.g. a
+  ``file:`` URL with ``%00``) (400), body over ``--max-request-mb`` (413), body not sent within
+  ``--body-timeout`` (408) (``tests/test_server_fuzz.py`` fuzzes every route for this); 503 =
+  a limit or capacity (time limit, out of memory, weights not available); a 500 is a bug and is
+  logged with its traceback;
 * no redirect for a missing trailing slash (served directly; samapi: 307);
 * an empty mask gives no Feature (samapi emits an empty Polygon that QuPath turns into an
   empty annotation, and "Multi-mask (smallest)" then picks it);
@@ -48,8 +72,9 @@ samapi behaviour **fixed** (wire-compatible; the extension parses the same shape
 * ``weights/?type=T`` lists all offered models when T has none (samapi: ``[]`` -> NPE);
 * embeddings of several images and models are cached (samapi: only the last image string);
 * samapi's invalid default ``output_type`` ``"Single Mask"`` is accepted as ``"Single mask"``;
-* inference is serialised in one process with one model copy (samapi needs ``--workers 2``,
-  i.e. two model copies, to answer ``progress/`` during a download).
+* inference is serialised in one process with one model copy, prompts before automask (samapi
+  needs ``--workers 2``, i.e. two model copies, to answer ``progress/`` during a download, and
+  has no time limit: a point prompt could wait minutes behind an automask).
 
 Not supported: SAM2/SAM3/MobileSAM weights and the video modes; ``b64mask`` is ignored (samapi
 passes it raw to SAM, where it cannot work); ``crop_n_layers`` > 0.

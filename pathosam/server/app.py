@@ -1,16 +1,27 @@
-"""The FastAPI application: SAM-API routes, request-size limit and JSON errors.
+"""The FastAPI application: SAM-API routes, request limits, scheduling and JSON errors.
 
 Every route is served under ``/sam/`` with **and** without its trailing slash (no 307 redirect:
 up to v0.7 the extension's prompt client did not follow redirects), and also at the root
 (``/``, ``/weights/``, ...) so that a server URL entered without ``/sam/`` works too (a common
 user error, samapi#2, qupath-extension-sam#4/#13/#15).
+
+Errors are JSON ``{"detail": ...}``: 4xx for anything a client sent (see
+:mod:`pathosam.server`), 503 for limits and capacity (time limit, out of memory, weights not
+available). An exception nobody expected is a bug: it is logged with its traceback and answered
+500 -- the request tests fuzz every route so that no malformed request ever gets there.
+
+Model work runs in worker threads (:mod:`pathosam.server.jobs`); while it runs, the request's
+connection is watched, and a client that disconnects stops its computation at the next chunk.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -21,81 +32,42 @@ from .automask import automask_features
 from .config import ServerConfig
 from .engine import Engine, parse_prompt
 from .errors import RequestError
-from .weights import ModelSource, WeightsEntry, WeightsStore, registry_type, sam_type
+from .jobs import ClientGone, Job
+from .limits import BodyLimit
+from .weights import ModelSource, WeightsEntry, WeightsStore, registry_type, registry_url, sam_type
 from .wire import ModelType, SAMAutoMaskBody, SAMBody, SAMWeightsBody
 
-__all__ = ["BodyLimit", "create_app", "load_served", "served_sources"]
+__all__ = ["BodyLimit", "create_app", "load_served", "run_job", "served_sources"]
 
 log = logging.getLogger("pathosam.server")
 PREFIXES = ("/sam", "")
+#: Seconds between checks whether a computing request's client is still connected.
+WATCH_SECONDS = 0.1
+T = TypeVar("T")
 
 
-class _TooLarge(BaseException):
-    """Raised from ``receive`` when the body exceeds the limit (a BaseException so that no
-    handler in between turns it into another error)."""
+async def run_job(request: Request, job: Job, work: Callable[[], T]) -> T:
+    """Run ``work`` in a worker thread; meanwhile poll the connection and set ``job.gone`` when
+    the client disconnects (the work stops at its next :meth:`Job.check`)."""
 
+    async def watch() -> None:
+        while not job.gone.is_set():
+            await anyio.sleep(WATCH_SECONDS)
+            if await request.is_disconnected():
+                job.gone.set()
 
-class BodyLimit:
-    """ASGI middleware: bodies over ``max_bytes`` get ``413 {"detail": ...}``.
-
-    A declared ``Content-Length`` over the limit is answered before the app runs; a streamed body
-    is counted as the app reads it. The rest of the body is read and discarded (up to
-    ``max_bytes`` more) so that the client can read the answer instead of a reset connection.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = int(max_bytes)
-
-    async def _reject(self, receive, send, already: int) -> None:
-        budget, more = self.max_bytes + already, True
-        while more and budget > 0:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            budget -= len(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        mb = self.max_bytes / (1 << 20)
-        resp = JSONResponse({"detail": f"request body larger than {mb:g} MiB (see --max-request-mb)"}, 413,
-                            headers={"Connection": "close"} if more else None)
-        await resp({"type": "http"}, receive, send)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.max_bytes:
-                    await self._reject(receive, send, 0)
-                    return
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            msg = await receive()
-            if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return msg
-
-        async def tracking_send(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
+    result: T | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(receive, send, received)
+            result = await anyio.to_thread.run_sync(work)
+        except Exception as err:  # re-raised below, outside the task group
+            error = err
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result
 
 
 def served_sources(config: ServerConfig) -> list[tuple[WeightsEntry, ModelSource]]:
@@ -127,7 +99,7 @@ def served_sources(config: ServerConfig) -> list[tuple[WeightsEntry, ModelSource
                     f"model {spec.model!r} is not in the cache ({registry.path(spec.model)}); run "
                     f"'pathosam models fetch {spec.model}' first, or start the server with --allow-downloads")
             source = ModelSource("registry", spec.model, decoder or registry.get(spec.model).decoder)
-            name, url, type_ = spec.model, registry.get(spec.model).url, registry_type(spec.model)
+            name, url, type_ = spec.model, registry_url(spec.model), registry_type(spec.model)
         else:
             path = Path(spec.model).expanduser()
             if not path.is_file():
@@ -149,15 +121,24 @@ def served_sources(config: ServerConfig) -> list[tuple[WeightsEntry, ModelSource
 
 def load_served(store: WeightsStore, engine: Engine) -> None:
     """Load every start-up model once (errors surface before serving), set the types of files
-    from their encoder width, and leave the default model loaded (it is loaded last)."""
+    from their encoder width, and leave the default model loaded (it is loaded last).
+
+    Raises
+    ------
+    ValueError
+        A model that cannot be loaded (a bad checkpoint file), naming the file.
+    """
     typed = []
     for entry, source in store.served[::-1]:
-        model = engine.model(source)
+        try:
+            model = engine.model(source)
+        except RequestError as err:
+            raise ValueError(err.detail.replace("\n", " ")) from None
         width = int(model.sam.state_dict()["image_encoder.patch_embed.proj.weight"].shape[0])
         type_ = entry.type or sam_type(width)
         typed.append((WeightsEntry(type_, entry.name, entry.url), source))
-        log.info("serving %s as %s (automask: %s): %s", entry.name, type_,
-                 "AIS" if model.decoder is not None else "AMG", entry.url)
+        log.info("serving %s as %s (ViT width %d, %d px input; automask: %s): %s", entry.name, type_, width,
+                 model.img_size, "AIS" if model.decoder is not None else "AMG", entry.url)
     store.served = typed[::-1]
 
 
@@ -167,7 +148,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     Parameters
     ----------
     config : ServerConfig, optional
-        Settings; default: ``vit_b_histopathology`` from the cache, CPU/GPU auto.
+        Settings; default: the embedded model (``pathosam_small``), CPU/GPU auto.
 
     Returns
     -------
@@ -183,21 +164,28 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="pathosam SAM-API compatible server", version=__version__)
     app.router.redirect_slashes = False
     app.state.engine, app.state.store, app.state.config = engine, store, config
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_request_mb * (1 << 20)))
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_request_mb * (1 << 20)),
+                       body_timeout=config.body_timeout)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
-        return JSONResponse({"detail": exc.detail}, exc.status)
+        if isinstance(exc, ClientGone):
+            log.info("%s %s: %s", request.method, request.url.path, exc.detail)
+        return _error(exc.status, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        errors = [{k: v for k, v in e.items() if k not in ("input", "url")} for e in exc.errors()]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
+        errors = [{k: (_plain(v) if k == "ctx" else v) for k, v in e.items() if k not in ("input", "url")}
+                  for e in exc.errors()]
+        return _error(422, jsonable_encoder(errors))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
-        log.exception("error answering %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal server error: {type(exc).__name__}: {exc}"}, 500)
+        if _out_of_memory(exc):  # capacity, not a bug: say so, keep serving
+            log.warning("out of memory answering %s %s: %s", request.method, request.url.path, exc)
+            return _error(503, "the server ran out of memory for this request; send a smaller image region")
+        log.exception("internal error (a bug) answering %s %s", request.method, request.url.path)
+        return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
 
     def add(path: str, endpoint, methods: list[str]) -> None:
         done = set()
@@ -229,17 +217,21 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         """``GET progress/``: ``{"message": str | null, "percent": int}`` (-1 when idle)."""
         return JSONResponse(store.progress.as_json())
 
-    def sam(body: SAMBody) -> JSONResponse:
-        """``POST /sam/``: prompted segmentation -> 1 or 3 Features."""
+    async def sam(body: SAMBody, request: Request) -> JSONResponse:
+        """``POST /sam/``: prompted segmentation -> 1 or 3 Features (before any waiting automask)."""
         prompt = parse_prompt(body.bbox, body.point_coords, body.point_labels)
         source = store.resolve(body.checkpoint_url, body.type.value)
-        return JSONResponse(engine.prompt(source, body.b64img, prompt, body.multimask_output, body.type.value))
+        job = Job("prompt", config.max_request_seconds)
+        return JSONResponse(await run_job(request, job, lambda: engine.prompt(
+            source, body.b64img, prompt, body.multimask_output, body.type.value, job)))
 
-    def automask(body: SAMAutoMaskBody) -> JSONResponse:
-        """``POST /sam/automask/``: every object of the image (AIS with a decoder, else AMG)."""
+    async def automask(body: SAMAutoMaskBody, request: Request) -> JSONResponse:
+        """``POST /sam/automask/``: every object of the image (AIS with a decoder, else AMG), in
+        chunks that give way to prompts, within ``max_request_seconds``."""
         source = store.resolve(body.checkpoint_url, body.type.value)
-        return JSONResponse(engine.automask(
-            source, body.b64img, lambda e, m, s, b: automask_features(e, m, s, b, body)))
+        job = Job("automask", config.max_request_seconds)
+        return JSONResponse(await run_job(request, job, lambda: engine.automask(
+            source, body.b64img, lambda e, m, s, b, j: automask_features(e, m, s, b, body, j), job)))
 
     async def sam3() -> JSONResponse:
         return JSONResponse({"detail": "SAM3 is not available on this server (pathosam serves SAM/PathoSAM "
@@ -265,3 +257,35 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     add("/sam3video/", video, ["POST"])
     add("/upload/", upload, ["POST"])
     return app
+
+
+class _AsciiJSON(JSONResponse):
+    """Compact JSON with non-ASCII escaped (text a client sent is never re-encoded)."""
+
+    def render(self, content) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _error(status: int, detail) -> JSONResponse:
+    """The ``{"detail": ...}`` answer of an error."""
+    return _AsciiJSON({"detail": detail}, status)
+
+
+def _plain(ctx):
+    """Validation-error context with exceptions as text (JSON-serialisable)."""
+    if isinstance(ctx, dict):
+        return {k: (str(v) if isinstance(v, BaseException) else v) for k, v in ctx.items()}
+    return ctx
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        return isinstance(exc, torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        return False

@@ -3,11 +3,14 @@
 The wire format does not fix the algorithm, so the server uses the best one the model has:
 
 * **AIS** (the model has a PathoSAM instance decoder): the segmentation of
-  :func:`pathosam.segment_nuclei` with ``mode="ais"`` -- embeddings (untiled up to 512 px, else
-  384 px tiles + 64 px halo at the sent resolution), UNETR decoder maps, seeded watershed, with
-  the reference thresholds -- run through its public steps (``model.embed``,
-  ``model.instance_maps``, ``ais_from_maps``) so that each nucleus also gets a score:
-  ``quality`` = the mean foreground probability inside the nucleus (AIS has no IoU head).
+  :func:`pathosam.segment_nuclei` with ``mode="ais"`` and the model's AIS defaults -- untiled up
+  to half the model input (512 px for SAM sizes, 128 px for ``pathosam_small``), else tiles
+  (384 + 64 px halo for SAM sizes) streamed tile by tile through the seam-free block
+  post-processing; each nucleus also gets a score: ``quality`` = the mean foreground
+  probability inside the nucleus (AIS has no IoU head), from the tiles' maps handed to the
+  ``on_tiles`` callback, which is also where the work pauses for prompts and stops (time limit,
+  client gone) between tiles. An untiled image runs through ``model.embed``,
+  ``model.instance_maps`` and ``ais_from_maps`` instead, so that a cached embedding is reused.
   The AMG fields of the request (``points_per_side``, thresholds, ``output_type``) do not
   apply and are ignored (``output_type`` must still be a valid string). An untiled embedding
   is kept in the embedding cache, so prompts on the same image afterwards are fast.
@@ -21,7 +24,8 @@ The wire format does not fix the algorithm, so the server uses the best one the 
   ``"Multi-mask (all)"`` no NMS, ``"(largest)"`` by area, ``"(smallest)"`` by negative area,
   ``"(best quality)"`` and ``"Single mask"`` by predicted IoU (SAM's own rule; every point
   gives 3 masks, the fork's 1-mask-per-point mode is not reproduced). ``crop_n_layers`` > 0 (never sent by the
-  extension) is ignored: one crop, the whole image.
+  extension) is ignored: one crop, the whole image. The work pauses / stops between point
+  batches (``on_batch`` of :func:`~pathosam.instances.amg.generate_mask_candidates`).
 
 Both: ``include_image_edge=false`` drops masks whose bounding box touches all four image
 borders (samapi's rule against whole-image masks). ``object_idx`` = position - 1.
@@ -34,6 +38,7 @@ import numpy as np
 from .errors import RequestError
 from .geometry import feature, mask_to_ring
 from .images import decode_image, image_key
+from .jobs import Job
 from .wire import OUTPUT_TYPES, SAMAutoMaskBody
 
 __all__ = ["automask_features", "check_output_type"]
@@ -52,48 +57,59 @@ def _touches_all_borders(box_rc: tuple[int, int, int, int], shape: tuple[int, in
     return r0 == 0 and c0 == 0 and r1 == shape[0] - 1 and c1 == shape[1] - 1
 
 
-def automask_features(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict]:
-    """Features of all objects (called by :meth:`Engine.automask` with the lock held)."""
+def automask_features(engine, model, source, b64img: str, body: SAMAutoMaskBody, job: Job) -> list[dict]:
+    """Features of all objects (called by :meth:`Engine.automask` with the lock held; ``job``
+    pauses or stops the work between chunks)."""
     output_type = check_output_type(body.output_type)
+
+    def checkpoint(*_args) -> None:
+        engine.stats["chunks"] += 1
+        job.checkpoint()
+
     if model.decoder is not None:
-        return _ais(engine, model, source, b64img, body)
-    return _amg(engine, model, source, b64img, body, output_type)
+        return _ais(engine, model, source, b64img, body, checkpoint)
+    return _amg(engine, model, source, b64img, body, output_type, checkpoint)
 
 
-def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict]:
+def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) -> list[dict]:
     from scipy import ndimage
 
-    from ..automatic import MIN_SIDE, ais_params, postprocessing_halo, resolve_tiling
+    from ..automatic import MIN_SIDE, ais_params, resolve_tiling, segment_nuclei
     from ..instances import ais_from_maps
+    from ..tiling import tile_slices
 
     key = (source.key, image_key(b64img))
-    cached = engine.cached(key)  # untiled embeddings only: use it when AIS would not tile either
-    rgb = None
-    if cached is not None and resolve_tiling(cached[1], "auto", None, model.img_size) == (None, None):
-        emb, shape = cached
-        ts = hl = None
-        if model.needs_image():
-            rgb = decode_image(b64img, engine.max_image_pixels)
-    else:
-        rgb = decode_image(b64img, engine.max_image_pixels)
-        shape = rgb.shape[:2]
-        if min(shape) < MIN_SIDE:
-            raise RequestError(400, f"image of {shape[1]}x{shape[0]} px is too small for automask "
-                                    f"(at least {MIN_SIDE}x{MIN_SIDE})")
-        ts, hl = resolve_tiling(shape, "auto", None, model.img_size)
-        emb = model.embed(rgb, tile_shape=ts, halo=hl, progress=False)
-        if ts is None:
+    cached = engine.cached(key)  # untiled embeddings only: used when AIS would not tile either
+    rgb = None if cached is not None and not model.needs_image() else decode_image(b64img, engine.max_image_pixels)
+    shape = cached[1] if cached is not None else rgb.shape[:2]
+    if min(shape) < MIN_SIDE:
+        raise RequestError(400, f"image of {shape[1]}x{shape[0]} px is too small for automask "
+                                f"(at least {MIN_SIDE}x{MIN_SIDE})")
+    ts, hl = resolve_tiling(shape, "auto", None, model.img_size)
+    if ts is None:  # one chunk
+        if cached is not None:
+            emb = cached[0]
+        else:
+            emb = model.embed(rgb, progress=False)
             engine.remember(key, emb, shape)
-    maps = model.instance_maps(emb, progress=False, image=rgb)
-    params = ais_params(model).__dict__
-    if ts is None:
-        labels = ais_from_maps(maps, **params)
-    else:
-        labels = ais_from_maps(maps, tile_shape=ts, halo=postprocessing_halo(ts, hl, params["seeds"]), **params)
+        maps = model.instance_maps(emb, progress=False, image=rgb)
+        checkpoint()
+        labels, foreground = ais_from_maps(maps, **ais_params(model).__dict__), maps[0]
+    else:  # tile by tile, pausing for prompts in between
+        foreground = np.zeros(shape, np.float32)
+
+        def on_tiles(tiles, maps) -> None:
+            for t, m in zip(tiles, maps):
+                foreground[tile_slices(t.inner)] = m[0][tile_slices(t.inner_local)]
+            checkpoint()
+
+        if rgb is None:
+            rgb = decode_image(b64img, engine.max_image_pixels)
+        labels = segment_nuclei(rgb, model, "ais", tile_shape=ts, halo=hl, progress=False, on_tiles=on_tiles).labels
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []
-    quality = ndimage.mean(maps[0], labels, np.arange(1, n + 1))
+    quality = ndimage.mean(foreground, labels, np.arange(1, n + 1))
     out: list[dict] = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
         if sl is None:
@@ -107,7 +123,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody) -> list[dict
     return out
 
 
-def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type: str) -> list[dict]:
+def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type: str, checkpoint) -> list[dict]:
     from ..instances.amg import _postprocess_small_regions, box_nms, generate_mask_candidates
 
     _, emb, shape = engine.embedding(source, b64img, model)
@@ -115,7 +131,7 @@ def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type:
         model, emb, points_per_side=body.points_per_side or 32,
         points_per_batch=min(body.points_per_batch, 64), pred_iou_thresh=body.pred_iou_thresh,
         stability_score_thresh=body.stability_score_thresh, stability_score_offset=body.stability_score_offset,
-        progress=False)
+        progress=False, on_batch=checkpoint)
     records = [r for crop in cands.crops for r in crop]
     if records and output_type != "Multi-mask (all)":
         if output_type == "Multi-mask (largest)":

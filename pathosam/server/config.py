@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import registry
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["ServedModel", "ServerConfig"]
@@ -30,7 +31,8 @@ class ServerConfig:
     Attributes
     ----------
     models : list of ServedModel
-        Offered models; the first is the default (first in every ``weights/`` listing).
+        Offered models; the first is the default (first in every ``weights/`` listing). Default:
+        the embedded model ``registry.DEFAULT_MODEL`` (``pathosam_small``, shipped in the package).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     allow_downloads : bool
@@ -47,12 +49,17 @@ class ServerConfig:
         Image embeddings kept (LRU), keyed by SHA-256 of ``b64img`` + model.
     max_loaded_models : int
         Models held in memory at once (LRU); switching to another reloads from disk.
+    max_request_seconds : float
+        Time limit of one request's model work, from its arrival (waiting included); an automask
+        over it stops between two chunks and is answered 503. 0 = none.
+    body_timeout : float
+        Seconds within which a request's whole body must arrive (408 after). 0 = none.
     weights_dir : Path or None
         Where registrations (``registered.json``) and remote downloads are kept; default
         ``<pathosam cache>/server``.
     """
 
-    models: list[ServedModel] = field(default_factory=lambda: [ServedModel("vit_b_histopathology")])
+    models: list[ServedModel] = field(default_factory=lambda: [ServedModel(registry.DEFAULT_MODEL)])
     device: str = "auto"
     allow_downloads: bool = False
     allow_remote_weights: bool = False
@@ -60,4 +67,6 @@ class ServerConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     embedding_cache: int = 4
     max_loaded_models: int = 1
+    max_request_seconds: float = 300.0
+    body_timeout: float = 60.0
     weights_dir: Path | None = None

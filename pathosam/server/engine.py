@@ -1,9 +1,11 @@
 """Inference behind the endpoints: loaded models, the embedding cache, prompts and automask.
 
 One :class:`Engine` per server process. All model work (loading, embedding, decoding) runs under
-one lock, so requests are answered one after the other while ``progress/``, ``weights/`` and
-``weights/cancel/`` stay responsive (FastAPI runs the handlers in a thread pool). Nothing of a
-request survives it except two bounded LRU caches:
+one :class:`~pathosam.server.jobs.ModelLock`: prompts go before waiting automasks, and a running
+automask hands the lock to waiting prompts between its chunks (tiles or point batches) and stops
+at its time limit or when its client is gone (see :mod:`pathosam.server.jobs`). ``progress/``,
+``weights/`` and ``weights/cancel/`` never wait for it. Nothing of a request survives it except
+two bounded LRU caches:
 
 * models: up to ``max_loaded_models`` :class:`~pathosam.PathoSAM` (default 1, i.e. one model
   in memory; switching reloads from disk, as samapi does);
@@ -17,7 +19,6 @@ x = column, y = row.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 from .errors import RequestError
 from .geometry import mask_features
 from .images import decode_image, image_key
+from .jobs import Job, ModelLock
 from .weights import ModelSource, WeightsStore
 
 __all__ = ["Engine", "Prompt", "parse_prompt"]
@@ -123,10 +125,10 @@ class Engine:
         self.embedding_cache = max(0, int(embedding_cache))
         self.max_loaded_models = max(1, int(max_loaded_models))
         self.max_image_pixels = int(max_image_pixels)
-        self.lock = threading.Lock()
+        self.lock = ModelLock()
         self._models: OrderedDict[str, object] = OrderedDict()
         self._embeddings: OrderedDict[tuple[str, str], tuple[object, tuple[int, int]]] = OrderedDict()
-        self.stats = {"requests": 0, "embedding_hits": 0, "embeddings": 0, "model_loads": 0}
+        self.stats = {"requests": 0, "embedding_hits": 0, "embeddings": 0, "model_loads": 0, "chunks": 0}
 
     # ------------------------------------------------------------------ models
     def model(self, source: ModelSource):
@@ -143,8 +145,13 @@ class Engine:
         log.info("loading %s%s", sam, f" + decoder {decoder}" if decoder else "")
         try:
             m = load_model(sam, decoder=decoder, device=self.device, progress=False)
-        except (ValueError, OSError, RuntimeError) as err:
-            raise RequestError(503, f"could not load the weights {source.sam}: {err}") from None
+        except (ValueError, OSError, RuntimeError) as err:  # CheckpointError is a ValueError
+            what = str(err) if str(sam) in str(err) else f"{sam}: {err}"
+            raise RequestError(503, f"could not load the weights {what}") from None
+        if source.kind == "registry" and not m.ais_defaults:  # loaded from its file: keep the registry's
+            from .. import registry  # recommended AIS post-processing (pathosam_small: shape seeds)
+
+            m.ais_defaults = dict(registry.get(source.sam).ais_defaults)
         self._models[source.key] = m
         self.stats["model_loads"] += 1
         return m
@@ -181,9 +188,11 @@ class Engine:
             self._embeddings.popitem(last=False)
 
     # ------------------------------------------------------------------ endpoints
-    def prompt(self, source: ModelSource, b64img: str, prompt: Prompt, multimask: bool, sam_model: str) -> list[dict]:
-        """Features of ``POST /sam/``: 1 mask, or 3 with ``multimask``, in SAM's order."""
-        with self.lock:
+    def prompt(self, source: ModelSource, b64img: str, prompt: Prompt, multimask: bool, sam_model: str,
+               job: Job | None = None) -> list[dict]:
+        """Features of ``POST /sam/``: 1 mask, or 3 with ``multimask``, in SAM's order (the lock is
+        taken before any waiting automask)."""
+        with self.lock.hold(job, priority=True):
             self.stats["requests"] += 1
             model, emb, shape = self.embedding(source, b64img)
             p = fit_prompt(prompt, shape)
@@ -191,10 +200,18 @@ class Engine:
                                            multimask=multimask)
         return mask_features(masks, ious, sam_model)
 
-    def automask(self, source: ModelSource, b64img: str, run: Callable) -> list[dict]:
-        """Features of ``POST /sam/automask/``: ``run(engine, model, source, b64img)`` does the work
-        under the lock (see :mod:`pathosam.server.automask`)."""
-        with self.lock:
+    def automask(self, source: ModelSource, b64img: str, run: Callable, job: Job | None = None) -> list[dict]:
+        """Features of ``POST /sam/automask/``: ``run(engine, model, source, b64img, job)`` does the
+        work under the lock, calling ``job.checkpoint`` between chunks (see
+        :mod:`pathosam.server.automask`)."""
+        job = job or Job("automask")
+        with self.lock.hold(job):
             self.stats["requests"] += 1
             model = self.model(source)
-            return run(self, model, source, b64img)
+            job.check()
+            try:
+                return run(self, model, source, b64img, job)
+            except RequestError as err:
+                if err.status in (499, 503):
+                    log.info("automask stopped after %d chunks: %s", job.chunks, err.detail)
+                raise

@@ -9,8 +9,9 @@ class RequestError(Exception):
     Parameters
     ----------
     status : int
-        HTTP status: 400 bad input, 403 refused by the server's policy, 404 unknown, 413 too
-        large, 422 invalid body, 501 not implemented, 503 weights not available.
+        HTTP status: 400 bad input, 403 refused by the server's policy, 404 unknown, 408 body
+        not received in time, 413 too large, 422 invalid body, 499 client gone (never read),
+        501 not implemented, 503 weights not available / time limit / out of memory.
     detail : str
         Human-readable explanation (shown in the QuPath log).
     """

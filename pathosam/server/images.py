@@ -5,7 +5,8 @@ a grayscale PNG crashes (a typo in its gray-to-RGB helper) and an RGBA PNG break
 Here every PIL-readable image is converted through pathosam's input contract: palette, gray,
 gray+alpha, RGBA, CMYK... via PIL to RGB; 16-bit and float images are scaled to 0..255 by
 ``pathosam.image.to_rgb_uint8``. The pixel count is checked from the header *before* decoding
-(decompression bombs), and every failure is a :class:`RequestError` (HTTP 400).
+(decompression bombs), and every failure is a :class:`RequestError` (HTTP 400): PIL's decoders
+raise many exception types on malformed files, and all of them mean a bad upload here.
 """
 
 from __future__ import annotations
@@ -100,4 +101,8 @@ def decode_image(b64img: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
         raise RequestError(400, f"b64img is not an image file PIL can read ({type(err).__name__})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise RequestError(400, f"b64img could not be decoded as an image: {err}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # PIL's decoders raise many types on crafted files (struct.error, ...)
+        raise RequestError(400, f"b64img could not be decoded as an image ({type(err).__name__}: {err})") from None
     return to_rgb_uint8(arr)

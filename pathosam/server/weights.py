@@ -5,7 +5,15 @@ This server treats ``checkpoint_url`` as an opaque **key** and never needs the n
 
 * **Served models** (``--model``, allowed by the operator at start-up): a registry name lists
   under its registry URL (e.g. ``vit_b_histopathology`` under the ownCloud URL the QuPath
-  extension's README gives), a file under its ``file://`` URI.
+  extension's README gives), a file under its ``file://`` URI. A registry model without a
+  download URL -- the embedded ``pathosam_small``, shipped inside the package and the server's
+  default -- lists under ``pathosam://<name>`` (e.g. ``pathosam://pathosam_small``), a key that
+  means the same model on every pathosam server whatever its install folder.
+* **SAM types**: a model is listed under the type of its encoder width (768 ``vit_b``, 1024
+  ``vit_l``, 1280 ``vit_h``); registry names carry it (``vit_l_histopathology``). Every other
+  width is listed under ``vit_b``, the type QuPath users pick for PathoSAM: this includes
+  ``pathosam_small`` (a ViT of width 96 with a 256 px input, not a SAM size) and small custom
+  models. The type is only a listing key; the architecture always comes from the checkpoint.
 * **Registered models** (``pathosam.registry``: PathoSAM and Meta SAM): their published URLs
   (including samapi's default ``vit_b``/``vit_l``/``vit_h`` URLs) resolve to the local cache;
   cached ones are listed too. A registered model that is not cached is downloaded (and
@@ -48,7 +56,8 @@ from .. import registry
 from .errors import RequestError
 from .wire import ModelType
 
-__all__ = ["Cancelled", "ModelSource", "Progress", "WeightsEntry", "WeightsStore", "registry_type", "sam_type"]
+__all__ = ["Cancelled", "ModelSource", "Progress", "WeightsEntry", "WeightsStore", "registry_type", "registry_url",
+           "sam_type"]
 
 log = logging.getLogger("pathosam.server")
 _CHUNK = 1 << 18
@@ -63,8 +72,16 @@ def sam_type(width: int) -> str:
 
 
 def registry_type(name: str) -> str:
-    """SAM-API type of a registry model (``vit_b_histopathology`` -> ``vit_b``)."""
-    return "_".join(name.split("_")[:2])
+    """SAM-API type of a registry model (``vit_b_histopathology`` -> ``vit_b``); names without a
+    SAM type (``pathosam_small``) are offered as ``vit_b``."""
+    prefix = "_".join(name.split("_")[:2])
+    return prefix if prefix in _WIDTH_TYPES.values() else "vit_b"
+
+
+def registry_url(name: str) -> str:
+    """The ``weights/`` URL of a registry model: its download URL, or ``pathosam://<name>`` for
+    a model shipped in the package (no URL)."""
+    return registry.get(name).url or f"pathosam://{name}"
 
 
 def _norm(url: str) -> str:
@@ -203,7 +220,7 @@ class WeightsStore:
         self._register_lock = threading.Lock()  # one registration at a time
         self.registered: list[WeightsEntry] = self._read_registered()
         self._allowed_files = {str(Path(s.sam).resolve()): s for _, s in self.served if s.kind == "file"}
-        self._registry_urls = {_norm(registry.get(n).url): n for n in registry.names()}
+        self._registry_urls = {_norm(registry_url(n)): n for n in registry.names()}
 
     # ------------------------------------------------------------------ persistence
     @property
@@ -254,12 +271,12 @@ class WeightsStore:
         rows = [e for e, _ in self.served if e.type == type]
         urls = {_norm(e.url) for e in rows}
         for name in self._registry_sam_names():
-            entry = registry.get(name)
-            if registry_type(name) != type or _norm(entry.url) in urls:
+            url = registry_url(name)
+            if registry_type(name) != type or _norm(url) in urls:
                 continue
-            if registry.path(name).is_file() or self.allow_downloads:
-                rows.append(WeightsEntry(type, name, entry.url))
-                urls.add(_norm(entry.url))
+            if registry.path(name).is_file() or (self.allow_downloads and not registry.get(name).bundled):
+                rows.append(WeightsEntry(type, name, url))
+                urls.add(_norm(url))
         with self._lock:
             registered = [e for e in self.registered if e.type == type]
         seen = {(e.name, _norm(e.url)) for e in rows}
@@ -295,9 +312,15 @@ class WeightsStore:
                     f"are disabled; on the server run 'pathosam models fetch {name}' (or start it with "
                     f"--allow-downloads)")
             return ModelSource("registry", name, registry.get(name).decoder)
-        parsed = urllib.parse.urlsplit(url.strip())
+        try:
+            parsed = urllib.parse.urlsplit(url.strip())
+        except ValueError as err:  # e.g. an unclosed IPv6 bracket
+            raise RequestError(400, f"checkpoint_url is not a valid URL: {err}") from None
         if parsed.scheme == "file":
-            path = str(Path(urllib.request.url2pathname(parsed.path)).resolve())
+            try:
+                path = str(Path(urllib.request.url2pathname(parsed.path)).resolve())
+            except (ValueError, OSError) as err:  # NUL from %00, undecodable names, ...
+                raise RequestError(400, f"checkpoint_url {url!r} is not a usable file URL ({err})") from None
             source = self._allowed_files.get(path)
             if source is None:
                 raise RequestError(403, f"{url}: this server loads only the files allowed at start-up "
@@ -309,7 +332,7 @@ class WeightsStore:
                     403, f"{url} is not one of this server's weights; it loads only registered PathoSAM/SAM "
                     "models and files allowed at start-up (start it with --allow-remote-weights to allow "
                     "downloads from any URL)")
-            digest = hashlib.sha256(url.strip().encode()).hexdigest()[:32]
+            digest = hashlib.sha256(url.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]
             return ModelSource("remote", url.strip(), None, str(self.weights_dir / "remote" / f"{digest}.pt"))
         raise RequestError(400, f"checkpoint_url {url!r} is not an http(s) or file URL known to this server")
 

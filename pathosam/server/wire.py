@@ -5,6 +5,12 @@ field defaults to null, numbers given as floats where samapi declares ints are t
 zero (``30.7`` -> ``30``), an unknown ``type`` or a missing ``b64img`` is a 422 with FastAPI's
 ``{"detail": [...]}`` body. Prompt coordinates are pixels of the sent image: points ``[x, y]``,
 boxes ``[x0, y0, x1, y1]`` (x = column, y = row, origin top-left).
+
+Beyond samapi, values the server could not use are refused here with 422 instead of failing
+later: integers outside the 32-bit range (coordinates, labels, counts), NaN / infinite floats,
+text that is not valid Unicode (lone surrogates, which JSON's ``\ud800`` escapes allow), and
+URLs / names with control characters (e.g. ``%00`` is fine, a raw NUL is not) or over 4096 / 200
+characters.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "DEFAULT_CHECKPOINT_URLS", "OUTPUT_TYPES", "ModelType", "SAMAutoMaskBody", "SAMBody", "SAMWeightsBody",
@@ -60,8 +66,29 @@ def _truncate(value: Any) -> Any:
     return value
 
 
-LenientInt = Annotated[int, BeforeValidator(_truncate)]
+def _unicode(value: str) -> str:
+    """Refuse text that cannot be encoded (lone surrogates from ``\ud800``-style JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def _printable(value: str) -> str:
+    """Refuse control characters (NUL, newlines, ...) in URLs and names."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+_INT32 = 2**31
+#: An int of the wire (coordinates, labels, counts): floats truncated, 32-bit range.
+LenientInt = Annotated[int, BeforeValidator(_truncate), Field(ge=-_INT32, lt=_INT32)]
 Point = Annotated[list[LenientInt], Field(min_length=2, max_length=2)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Text = Annotated[str, AfterValidator(_unicode)]
+Url = Annotated[str, AfterValidator(_unicode), AfterValidator(_printable), Field(max_length=4096)]
 
 _LENIENT = ConfigDict(extra="ignore", protected_namespaces=())
 
@@ -73,12 +100,12 @@ class SAMBody(BaseModel):
 
     type: ModelType = ModelType.vit_h
     bbox: list[LenientInt] | None = None
-    b64img: str
+    b64img: Text
     b64mask: str | None = None
     point_coords: list[Point] | None = None
     point_labels: list[LenientInt] | None = None
     multimask_output: bool = False
-    checkpoint_url: str | None = None
+    checkpoint_url: Url | None = None
 
 
 class SAMAutoMaskBody(BaseModel):
@@ -87,21 +114,21 @@ class SAMAutoMaskBody(BaseModel):
     model_config = _LENIENT
 
     type: ModelType = ModelType.vit_h
-    b64img: str
+    b64img: Text
     points_per_side: LenientInt | None = Field(32, ge=1, le=64)
     points_per_batch: LenientInt = Field(64, ge=1, le=1024)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
+    pred_iou_thresh: Finite = 0.88
+    stability_score_thresh: Finite = 0.95
+    stability_score_offset: Finite = 1.0
+    box_nms_thresh: Finite = 0.7
     crop_n_layers: LenientInt = Field(0, ge=0)
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
+    crop_nms_thresh: Finite = 0.7
+    crop_overlap_ratio: Finite = 512 / 1500
     crop_n_points_downscale_factor: LenientInt = 1
     min_mask_region_area: LenientInt = Field(0, ge=0)
-    output_type: str = "Single Mask"
+    output_type: Annotated[Text, Field(max_length=100)] = "Single Mask"
     include_image_edge: bool = False
-    checkpoint_url: str | None = None
+    checkpoint_url: Url | None = None
 
 
 class SAMWeightsBody(BaseModel):
@@ -110,5 +137,6 @@ class SAMWeightsBody(BaseModel):
     model_config = _LENIENT
 
     type: ModelType
-    name: str = Field(min_length=1, max_length=200)
-    url: str = Field(min_length=1, max_length=4096)
+    name: Annotated[str, AfterValidator(_unicode), AfterValidator(_printable), Field(min_length=1, max_length=200),
+                    BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)]
+    url: Annotated[Url, Field(min_length=1)]
