@@ -11,7 +11,7 @@ from pathlib import Path
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``pathosam evaluate``."""
-    from ..cli import _pair, add_model_arguments
+    from .common import pair, add_model_arguments
 
     p = subparsers.add_parser(
         "evaluate",
@@ -32,10 +32,10 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="grid to search with validation data: the reference's (450 AIS / 195 AMG settings) "
                         "or a quick coarse one")
     p.add_argument("--max-images", type=int, help="only the first N test (and validation) images")
-    p.add_argument("--pad-to", type=_pair, help="zero-pad smaller images to this size, e.g. 512 (the reference "
+    p.add_argument("--pad-to", type=pair, help="zero-pad smaller images to this size, e.g. 512 (the reference "
                                                "pads 256 px PanNuke/NuClick/SRSA-Net images for ViT models)")
-    p.add_argument("--tile-shape", type=_pair, help="tile size in pixels (default: 384 for images > 512 px)")
-    p.add_argument("--halo", type=_pair, help="halo per side in pixels (default 64)")
+    p.add_argument("--tile-shape", type=pair, help="tile size in pixels (default: 384 for images > 512 px)")
+    p.add_argument("--halo", type=pair, help="halo per side in pixels (default 64)")
     p.add_argument("--no-tiling", action="store_true", help="never tile")
     p.add_argument("--tta", action="store_true", help="AIS: average the decoder maps over flips (4x slower)")
     p.add_argument("--points-per-side", type=int, default=32, help="AMG point grid per image or tile (32)")
@@ -55,14 +55,14 @@ def _open(path: str, fmt: str, split: str | None, limit: int | None):
 
     ds = open_dataset(path, fmt, split=split)
     if len(ds) == 0:
-        from ..cli import UsageError
+        from .common import UsageError
 
         raise UsageError(f"{path}: no images found" + (f" in split {split!r}" if split else ""))
     return ds[:limit] if limit else ds
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, checked_output_dir, load_model_from_args
+    from .common import UsageError, checked_output_dir, load_model_from_args
 
     if args.no_tiling and (args.tile_shape or args.halo):
         raise UsageError("--no-tiling cannot be combined with --tile-shape/--halo")
@@ -86,8 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         info["tta"] = True
     t0 = time.perf_counter()
     if args.mode.startswith("interactive"):
-        from .interactive import evaluate_interactive
-        from .report import _csv, write_iteration_report
+        from ..evaluation.interactive import evaluate_interactive
+        from ..evaluation.report import _csv, write_iteration_report
 
         start = args.mode.split("-")[1]
         per_image, means = evaluate_interactive(model, test, start, args.iterations, args.use_masks, args.seed,
@@ -104,8 +104,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{line}; report: {files['csv']}", file=sys.stdout)
         return 0
 
-    from .automatic import AMG_GRID, AIS_GRID, QUICK_GRIDS, evaluate_automatic
-    from .report import write_automatic_report
+    from ..evaluation.automatic import AMG_GRID, AIS_GRID, QUICK_GRIDS, evaluate_automatic
+    from ..evaluation.report import write_automatic_report
 
     grid = QUICK_GRIDS[args.mode] if args.grid == "quick" else (AIS_GRID if args.mode == "ais" else AMG_GRID)
     tile_shape = None if args.no_tiling else (args.tile_shape or "auto")

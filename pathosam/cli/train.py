@@ -10,7 +10,7 @@ from pathlib import Path
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``pathosam train``."""
-    from ..cli import _pair
+    from .common import pair
 
     p = subparsers.add_parser(
         "train",
@@ -44,7 +44,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--semantic", action="store_true", help="train the semantic (class) head instead")
     p.add_argument("--iterations", type=int, default=1000, help="training iterations (1000)")
     p.add_argument("--batch-size", type=int, help="patches per iteration (joint 2, semantic 2)")
-    p.add_argument("--patch-shape", type=_pair, default=(512, 512), help="random crop size (512)")
+    p.add_argument("--patch-shape", type=pair, default=(512, 512), help="random crop size (512)")
     p.add_argument("--lr", type=float, help="learning rate (joint 1e-5, semantic 1e-4)")
     p.add_argument("--n-objects", type=int, default=25, help="joint: objects prompted per image (25)")
     p.add_argument("--sub-iterations", type=int, default=8, help="joint: prompt iterations per batch (8)")
@@ -91,7 +91,7 @@ class _Concat:
 
 
 def _datasets(args):
-    from ..cli import UsageError
+    from .common import UsageError
     from ..datasets import open_dataset, split_names
 
     trains, vals = [], []
@@ -118,11 +118,11 @@ def _datasets(args):
 
 
 def _initial_model(args):
-    from ..cli import UsageError
+    from .common import UsageError
     from ..model import load_model
 
     if args.init.startswith("new:"):
-        from .models import new_model
+        from ..training.models import new_model
 
         try:
             width, depth, img, feats = (int(v) for v in args.init[4:].split(","))
@@ -136,7 +136,7 @@ def _initial_model(args):
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import UsageError, checked_output_dir
+    from .common import UsageError, checked_output_dir
 
     if args.semantic and args.scale_jitter:
         raise UsageError("--scale-jitter is for the joint training, not --semantic")
@@ -160,7 +160,7 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))
     if args.semantic:
-        from .semantic import SemanticConfig, train_semantic
+        from ..training.semantic import SemanticConfig, train_semantic
 
         cfg = SemanticConfig(
             iterations=args.iterations, batch_size=args.batch_size, patch_shape=tuple(args.patch_shape),
@@ -178,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
               + f"; exported {result['files'].get('semantic_decoder')}")
         return 0
 
-    from .trainer import JointTrainer, TrainConfig
+    from ..training.trainer import JointTrainer, TrainConfig
 
     cfg = TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size or 2, patch_shape=tuple(args.patch_shape),

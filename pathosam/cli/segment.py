@@ -1,0 +1,241 @@
+"""``pathosam segment IMAGE... -o OUTDIR``: automatic nucleus segmentation of images and slides.
+
+Each file is segmented inside one per-file boundary: whatever fails for a file is reported in one
+line and the batch goes on (exit status 1 at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .common import (EXIT_FAILURE, EXIT_OK, UsageError, add_model_arguments, checked_output_dir, error,
+                     load_model_from_args, pair)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+AIS_OPTIONS = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold",
+               "foreground_smoothing", "distance_smoothing", "min_size", "seeds", "seed_dynamic",
+               "seed_center_weight")
+AMG_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+               "box_nms_thresh", "min_mask_region_area", "min_object_size")
+
+
+def _expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files as given; directories replaced by their image files (sorted, not recursive)."""
+    from pathlib import Path
+
+    files: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"{item}: directory contains no {'/'.join(IMAGE_SUFFIXES)} images")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def _report_failure(path: str, err: Exception) -> None:
+    """One line for a file that failed; the batch goes on. Expected failures (bad file, bad value,
+    disk) print their message; anything else is named as unexpected (traceback with PATHOSAM_DEBUG=1)."""
+    import os
+
+    msg = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (ValueError, OSError)):
+        msg = f"unexpected {type(err).__name__}: {msg} (PATHOSAM_DEBUG=1 shows the traceback; please report it)"
+        if os.environ.get("PATHOSAM_DEBUG"):
+            import traceback
+
+            traceback.print_exception(err, file=sys.stderr)
+    error(msg if path in msg else f"{path}: {msg}")
+
+
+def _segment_image(args: argparse.Namespace, path: str, name: str, model, formats, params) -> int:
+    """The image path of ``pathosam segment``: read, segment, write the output set; returns the
+    number of nuclei."""
+    import os
+    import time
+
+    from ..automatic import save_segmentation, segment_nuclei
+    from ..image import read_image
+
+    if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
+        raise ValueError("the label TIFF would overwrite the input; choose another output directory")
+    image = read_image(path)
+    t0 = time.perf_counter()
+    result = segment_nuclei(image, model, mode=args.mode,
+                            tile_shape=None if args.no_tiling else (args.tile_shape or "auto"), halo=args.halo,
+                            batch_size=args.batch_size, classes=args.classes, normalization=args.normalization,
+                            progress=not args.quiet, tta=args.tta, **params)
+    save_segmentation(result, args.output, name, formats, progress=False)
+    tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
+    print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
+          f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
+    return result.n_objects
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import time
+
+    from ..automatic import OUTPUT_FORMATS, image_name
+    from ..wsi import is_slide
+
+    inputs = _expand_inputs(args.images)
+    names: dict[str, str] = {}
+    for f in inputs:
+        n = image_name(f)
+        if n in names:
+            raise UsageError(f"{f} and {names[n]} would both write {n}.* in {args.output}; segment them separately")
+        names[n] = f
+    formats = tuple(args.formats.split(","))
+    if not set(formats) <= set(OUTPUT_FORMATS):
+        raise UsageError(f"--formats: unknown {', '.join(sorted(set(formats) - set(OUTPUT_FORMATS)))}; "
+                         f"choose among {', '.join(OUTPUT_FORMATS)}")
+    if args.no_tiling and args.halo is not None:
+        raise UsageError("--halo cannot be combined with --no-tiling")
+    if args.tta and args.mode != "ais":
+        raise UsageError("--tta averages the AIS decoder maps: it needs --mode ais")
+    params = {k: getattr(args, k) for k in (AIS_OPTIONS if args.mode == "ais" else AMG_OPTIONS)
+              if getattr(args, k) is not None}
+    if args.mode == "ais":  # bad post-processing values: say so before loading the model
+        from ..instances.tiled import AISParams
+
+        try:
+            AISParams(**params)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    checked_output_dir(args.output)  # a bad -o is found before any work
+    model = load_model_from_args(args, classes=args.classes)
+    print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
+          file=sys.stderr)
+    client = _dask_client(args) if any(is_slide(p) for p in inputs) else None
+    t_start = time.perf_counter()
+    failed: list[str] = []
+    n_nuclei = 0
+    for path in inputs:
+        name = image_name(path)
+        try:  # the per-file boundary: whatever fails for this file, the batch goes on
+            if is_slide(path):
+                n_nuclei += _segment_one_slide(args, path, name, model, client)
+            else:
+                n_nuclei += _segment_image(args, path, name, model, formats, params)
+        except Exception as err:  # noqa: BLE001 - reported in one line; KeyboardInterrupt ends the batch
+            _report_failure(path, err)
+            failed.append(path)
+    if client is not None:
+        client.close()
+    done = len(inputs) - len(failed)
+    summary = f"segmented {done} of {len(inputs)} images, {n_nuclei} nuclei, in {time.perf_counter() - t_start:.1f} s"
+    print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _dask_client(args: argparse.Namespace):
+    """A Dask client for --workers N (local cluster) or --scheduler ADDRESS, else None."""
+    if not args.workers and not args.scheduler:
+        return None
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--workers/--scheduler need Dask: pip install 'pathosam[dask]'") from None
+    if args.scheduler:
+        return Client(args.scheduler)
+    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+
+
+def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, client) -> int:
+    """The whole-slide path of ``pathosam segment``; returns the number of nuclei."""
+    import time
+
+    from ..wsi.pipeline import SlideOptions, segment_slide
+
+    if args.mode != "ais":
+        raise ValueError("whole slides are segmented with --mode ais")
+    params = {k: getattr(args, k) for k in AIS_OPTIONS if getattr(args, k) is not None}
+    from ..automatic import ais_params, auto_tiling
+
+    _, auto_tile, auto_halo = auto_tiling(model.img_size)  # 384 + 64 for SAM-size models
+    options = SlideOptions(
+        target_mpp=None if args.no_rescale else args.target_mpp, mpp=args.mpp,
+        roi=tuple(args.roi) if args.roi else None, tile_shape=args.tile_shape or auto_tile,
+        halo=args.halo or auto_halo,
+        batch_size=args.batch_size, classes=args.classes, tissue=not args.no_tissue_mask,
+        normalization=args.normalization, ais=ais_params(model, params), tta=args.tta,
+    )
+    t0 = time.perf_counter()
+    man = segment_slide(path, model, args.output, options, name=name, progress=not args.quiet, client=client)
+    g = man["work_grid"]
+    if man.get("skipped"):
+        print(f"{path}: already done ({man['nuclei']} nuclei), skipped")
+    else:
+        print(f"{path}: {man['nuclei']} nuclei (slide, {g['tiles_through_model']} of {g['tiles']} tiles with tissue "
+              f"through the model, {time.perf_counter() - t0:.1f} s) -> {args.output}/{name}.ome.zarr, "
+              f".geojson.gz, .parquet")
+    return int(man["nuclei"])
+
+
+def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``pathosam segment IMAGE... -o OUTDIR``: automatic nucleus segmentation (AIS or AMG)."""
+    p = subparsers.add_parser(
+        "segment", help="segment all nuclei of images (label TIFF, QuPath GeoJSON, table)",
+        description="Segment every nucleus of each IMAGE (TIFF, PNG, JPEG; a directory means its "
+        "images) and write OUTDIR/NAME.tif (uint32 labels), NAME.geojson (QuPath detections), "
+        "NAME.csv and NAME.parquet (one row per nucleus). Images larger than 512 px are tiled "
+        "(384 + 64 halo) unless --tile-shape/--no-tiling say otherwise; tiling leaves no seams. "
+        "A file that fails is reported and skipped; the exit status is then 1.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    p.add_argument("--mode", choices=["ais", "amg"], default="ais",
+                   help="ais: decoder + watershed (default); amg: SAM automatic mask generation")
+    add_model_arguments(p)
+    p.add_argument("--classes", action="store_true", help="classify nuclei (PanNuke) with the semantic decoder")
+    p.add_argument("--semantic-decoder", metavar="FILE", help="semantic decoder file for --classes")
+    p.add_argument("--tile-shape", type=pair, help="tile size in pixels (default: 384 for images > 512 px)")
+    p.add_argument("--halo", type=pair, help="halo per side in pixels (default 64)")
+    p.add_argument("--no-tiling", action="store_true", help="never tile (large images are downscaled to 1024)")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
+    p.add_argument("--normalization", choices=["none", "minmax"], default="none",
+                   help="none: RGB uint8 as is (default); minmax: per-channel stretch per tile")
+    p.add_argument("--tta", action="store_true",
+                   help="AIS: average the decoder maps of each tile and its 3 flips (about 4x slower, "
+                        "smoother outlines, fewer split nuclei)")
+    p.add_argument("--formats", default="tif,geojson,csv,parquet",
+                   help="comma-separated outputs among tif, geojson, geojson.gz, csv, parquet (default: all but .gz)")
+    g = p.add_argument_group("AIS post-processing (defaults: the reference's, or the registered model's own, "
+                             "e.g. pathosam_small's size filter; see `pathosam models list`)")
+    g.add_argument("--center-distance-threshold", type=float, help="seed threshold on the centre distance (0.5)")
+    g.add_argument("--boundary-distance-threshold", type=float, help="seed threshold on the boundary distance (0.5)")
+    g.add_argument("--foreground-threshold", type=float, help="foreground probability threshold (0.5)")
+    g.add_argument("--foreground-smoothing", type=float, help="Gaussian sigma of the foreground map, px (1.0)")
+    g.add_argument("--distance-smoothing", type=float, help="Gaussian sigma of the distance maps, px (1.6)")
+    g.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels (0)")
+    g.add_argument("--seeds", choices=["distance", "shape"],
+                   help="distance: the reference's seeds (both distance thresholds); shape: maxima of the "
+                        "foreground's distance transform, one seed per blob (pathosam_small's default)")
+    g.add_argument("--seed-dynamic", type=float, help="shape seeds: minimum height of a maximum, px (2)")
+    g.add_argument("--seed-center-weight", type=float,
+                   help="shape seeds: weight of the centre distance map, px (10; 0 = mask shape only)")
+    g = p.add_argument_group("AMG (SAM defaults)")
+    g.add_argument("--points-per-side", type=int, help="point grid per image or tile (32)")
+    g.add_argument("--points-per-batch", type=int, help="points per mask-decoder call (64)")
+    g.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU (0.88)")
+    g.add_argument("--stability-score-thresh", type=float, help="minimum stability score (0.95)")
+    g.add_argument("--box-nms-thresh", type=float, help="box NMS IoU threshold (0.7)")
+    g.add_argument("--min-mask-region-area", type=int, help="remove holes/islands below this area (0)")
+    g.add_argument("--min-object-size", type=int, help="drop objects below this many pixels (0)")
+    g = p.add_argument_group("whole slides (SVS, NDPI, MRXS, ... and pyramidal or very large TIFF)")
+    g.add_argument("--target-mpp", type=float, default=0.25,
+                   help="model resolution in um/px; slides are rescaled to it (default 0.25 = 40x)")
+    g.add_argument("--mpp", type=float, help="the slide's pixel size in um/px (overrides its metadata)")
+    g.add_argument("--no-rescale", action="store_true", help="use the slide's pixels as they are")
+    g.add_argument("--no-tissue-mask", action="store_true", help="also run the model on background tiles")
+    g.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="only this region (level-0 pixels: left, top, width, height)")
+    g.add_argument("--workers", type=int, help="spread tiles over N local Dask worker processes")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster (tcp://host:8786)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_segment)
