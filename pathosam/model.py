@@ -14,7 +14,8 @@ import torch
 
 from .embeddings import ImageEmbeddings, compute_embeddings
 from .image import Normalization, prepare_input, transform_coords
-from .models.checkpoint import CheckpointError, decoder_flavour, read_checkpoint
+from .models.checkpoint import (CheckpointError, as_tensor_dict, decoder_flavour, infer_architecture, load_state,
+                                read_checkpoint)
 from .models.sam import Sam, build_sam, config_from_state_dict
 from .models.unetr import (BNMode, UNETRDecoder, embed_dim_from_state_dict, features_from_state_dict,
                            has_image_skip, postprocess_maps)
@@ -31,28 +32,46 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def build_decoder(state: dict[str, torch.Tensor], final_activation: str | None = "sigmoid") -> UNETRDecoder:
+def build_decoder(
+    state: dict[str, torch.Tensor], final_activation: str | None = "sigmoid",
+    source: str | os.PathLike | None = None, what: str = "UNETR decoder weights",
+) -> UNETRDecoder:
     """Build a UNETR decoder with the flavour, channel count and widths found in ``state`` and load it.
 
     The widths (``features``, coarse to fine) are the output channels of ``deconv1..4``'s convs
     and the embedding channels those of ``base``'s first conv: the reference decoder has
     (512, 256, 128, 64) on 256 channels, a narrower one smaller tensors under the same keys.
+    Malformed weights (missing / unexpected keys, wrong shapes, non-floating or NaN/inf values)
+    raise a CheckpointError naming ``source`` (the file) and ``what``.
     """
-    transposed, out_channels = decoder_flavour(state)
-    try:
+
+    def infer(state: dict) -> tuple[UNETRDecoder, str]:
+        transposed, out_channels = decoder_flavour(state)
         features = features_from_state_dict(state)
-        embed_dim = embed_dim_from_state_dict(state)
-        decoder = UNETRDecoder(out_channels, transposed, embed_dim=embed_dim, final_activation=final_activation,
-                               features=features, image_skip=has_image_skip(state))
-    except ValueError as err:
-        raise CheckpointError(f"decoder weights: {err}") from None
-    try:
-        missing, unexpected = decoder.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"decoder weights do not fit a UNETR decoder of widths {features}: {err}") from None
-    if missing:
-        raise CheckpointError(f"decoder weights are missing {len(missing)} keys, e.g. {missing[:3]}")
+        decoder = UNETRDecoder(out_channels, transposed, embed_dim=embed_dim_from_state_dict(state),
+                               final_activation=final_activation, features=features,
+                               image_skip=has_image_skip(state))
+        arch = (f"{'transposed' if transposed else 'interpolating'} UNETR decoder, widths {features}, "
+                f"{out_channels} channels{', image skip' if decoder.image_skip else ''}")
+        return decoder, arch
+
+    state = as_tensor_dict(state, what, source)
+    decoder, arch = infer_architecture(infer, state, source, what)
+    load_state(decoder, state, source, what, arch)
     return decoder.eval()
+
+
+def build_sam_from_state(state: dict[str, torch.Tensor], source: str | os.PathLike | None = None) -> Sam:
+    """A SAM of the architecture found in ``state`` (:func:`config_from_state_dict`) holding
+    those weights; malformed weights raise a CheckpointError naming ``source`` (the file)."""
+    what = "SAM weights"
+    state = as_tensor_dict(state, what, source)
+    config = infer_architecture(config_from_state_dict, state, source, what)
+    sam = infer_architecture(lambda _: build_sam(config), state, source, what)
+    arch = (f"ViT width {config.embed_dim}, depth {config.depth}, {config.num_heads} heads, "
+            f"{config.img_size} px input")
+    load_state(sam, state, source, what, arch)
+    return sam.eval()
 
 
 class PathoSAM:
@@ -390,7 +409,7 @@ def load_model(
     from . import registry
 
     name = str(model)
-    model_id = name
+    model_id = None
     ais_defaults: dict = {}
     if registry.is_registered(name) and not Path(name).exists():
         entry = registry.get(name)
@@ -411,22 +430,22 @@ def load_model(
             )
         if semantic_decoder is True:
             raise ValueError("semantic_decoder=True needs a registry model; pass the decoder file instead")
+    ck = read_checkpoint(sam_path)  # before hashing: a directory or unreadable file gets a CheckpointError
+    if model_id is None:
         model_id = f"{sam_path.name}:{registry.file_hash(sam_path)}"
-    ck = read_checkpoint(sam_path)
     if ck.sam_state is None:
         raise CheckpointError(f"{sam_path}: holds no SAM weights (layout {ck.layout}); is it a decoder file?")
-    sam = build_sam(config_from_state_dict(ck.sam_state))
-    sam.load_state_dict(ck.sam_state, strict=True)
-    dec_state = ck.decoder_state
+    # the (small) decoders first: a bad decoder file fails before a ViT-H is built
+    dec_state, dec_source = ck.decoder_state, sam_path
     if decoder is not None:
         dck = read_checkpoint(decoder)
         if dck.decoder_state is None:
             raise CheckpointError(f"{decoder}: holds no UNETR decoder weights (layout {dck.layout})")
-        dec_state = dck.decoder_state
+        dec_state, dec_source = dck.decoder_state, decoder
         model_id += f"+{Path(decoder).name}:{registry.file_hash(decoder)}"
     inst = sem = None
     if dec_state is not None:
-        d = build_decoder(dec_state)
+        d = build_decoder(dec_state, source=dec_source)
         if d.out_channels == 3:
             inst = d
         else:
@@ -435,7 +454,8 @@ def load_model(
         sck = read_checkpoint(semantic_decoder)
         if sck.decoder_state is None:
             raise CheckpointError(f"{semantic_decoder}: holds no UNETR decoder weights")
-        sem = build_decoder(sck.decoder_state)
+        sem = build_decoder(sck.decoder_state, source=semantic_decoder, what="semantic decoder weights")
         model_id += f"+sem:{registry.file_hash(semantic_decoder)}"
+    sam = build_sam_from_state(ck.sam_state, sam_path)
     return PathoSAM(sam, inst, sem, device=device, name=Path(name).name, model_id=model_id,
                     ais_defaults=ais_defaults)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import key_shape
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -161,28 +162,34 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> SamConfig:
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state:
         raise ValueError(f"not SAM weights: key {key!r} is missing")
-    width = int(state[key].shape[0])
-    patch = tuple(int(s) for s in state[key].shape[2:])
-    if patch != (PATCH_SIZE, PATCH_SIZE):
-        raise ValueError(f"unsupported patch size {patch}: SAM models use {PATCH_SIZE} x {PATCH_SIZE} patches")
+    width, _, *patch = key_shape(state, key, 4)
+    if tuple(patch) != (PATCH_SIZE, PATCH_SIZE):
+        raise ValueError(f"unsupported patch size {tuple(patch)}: SAM models use {PATCH_SIZE} x {PATCH_SIZE} patches")
     depth = 0
     while f"image_encoder.blocks.{depth}.norm1.weight" in state:
         depth += 1
     if depth == 0:
         raise ValueError("not SAM weights: no image_encoder.blocks.* keys")
-    head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
-    pos = state.get("image_encoder.pos_embed")
-    if pos is None:
+    rel = [key_shape(state, f"image_encoder.blocks.{i}.attn.rel_pos_h", 2) for i in range(depth)]
+    head_dim = rel[0][1]
+    if head_dim < 1 or width % head_dim:
+        raise ValueError(f"image_encoder.blocks.0.attn.rel_pos_h: head width {head_dim} does not divide "
+                         f"the embedding width {width}")
+    if "image_encoder.pos_embed" not in state:
         raise ValueError("not SAM weights: key 'image_encoder.pos_embed' is missing")
-    if pos.dim() != 4 or pos.shape[1] != pos.shape[2]:
-        raise ValueError(f"unsupported image_encoder.pos_embed of shape {tuple(pos.shape)}: expected (1, g, g, C)")
-    grid = int(pos.shape[1])
-    rel = [int(state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth)]
-    global_idx = tuple(i for i in range(depth) if rel[i] == 2 * grid - 1)
-    windows = {(r + 1) // 2 for i, r in enumerate(rel) if i not in global_idx}
+    pos = key_shape(state, "image_encoder.pos_embed", 4)
+    if pos[1] != pos[2] or pos[1] < 1:
+        raise ValueError(f"unsupported image_encoder.pos_embed of shape {pos}: expected (1, g, g, C)")
+    grid = pos[1]
+    rows = [r for r, _ in rel]
+    global_idx = tuple(i for i in range(depth) if rows[i] == 2 * grid - 1)
+    windows = {(r + 1) // 2 for i, r in enumerate(rows) if i not in global_idx}
     if len(windows) > 1:
         raise ValueError(f"not SAM weights: the windowed blocks have different window sizes {sorted(windows)}")
     window = windows.pop() if windows else WINDOW_SIZE
+    if window < 1 or any(r != 2 * window - 1 for i, r in enumerate(rows) if i not in global_idx):
+        raise ValueError(f"image_encoder.blocks.*.attn.rel_pos_h: {sorted(set(rows))} rows fit neither "
+                         f"global attention ({2 * grid - 1}) nor a window (2 * window - 1)")
     return SamConfig(width, depth, width // head_dim, global_idx, grid * PATCH_SIZE, window)
 
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import key_shape
+
 BNMode = Literal["per_tile", "running", "batch"]
 FEATURES = (512, 256, 128, 64)
 
@@ -50,10 +52,11 @@ def unetr_features(features: int | tuple[int, ...] = FEATURES) -> tuple[int, int
 def features_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
     """The four channel widths (coarse to fine) of a UNETR decoder state: the output channels of
     the 3x3 convs of ``deconv1..4`` (their ``SingleConv`` at ``block.1``)."""
-    try:
-        return tuple(int(state[f"deconv{i}.block.1.block.weight"].shape[0]) for i in range(1, 5))
-    except KeyError as err:
-        raise ValueError(f"not UNETR decoder weights: key {err.args[0]!r} is missing") from None
+    keys = [f"deconv{i}.block.1.block.weight" for i in range(1, 5)]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"not UNETR decoder weights: key {missing[0]!r} is missing")
+    return tuple(key_shape(state, k, 4)[0] for k in keys)
 
 
 def has_image_skip(state: dict[str, torch.Tensor]) -> bool:
@@ -66,7 +69,7 @@ def embed_dim_from_state_dict(state: dict[str, torch.Tensor]) -> int:
     key = "base.block.1.weight"
     if key not in state:
         raise ValueError(f"not UNETR decoder weights: key {key!r} is missing")
-    return int(state[key].shape[1])
+    return key_shape(state, key, 4)[1]
 
 
 class TransposedUpsampler(nn.Module):
