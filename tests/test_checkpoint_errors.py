@@ -289,3 +289,28 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, states, good_sam, capsys):
         for p in phrases:
             assert p in lines[0], (p, lines[0])
         assert not out.exists() or not list(out.glob("*.tif"))
+
+
+def test_run_checkpoint_cut_or_foreign_is_a_checkpoint_error(tmp_path):
+    from pathosam.training.run import load_checkpoint, save_checkpoint
+
+    good = save_checkpoint(tmp_path / "latest.pt", {"iteration": 3, "w": torch.ones(4)})
+    assert load_checkpoint(good)["iteration"] == 3
+    data = good.read_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=f"cut{cut}.pt: cannot read this training checkpoint"):
+            load_checkpoint(bad)
+    foreign = tmp_path / "list.pt"
+    torch.save([1, 2], foreign)
+    with pytest.raises(CheckpointError, match="not a pathosam training checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_old_torch_is_refused(monkeypatch, tmp_path):
+    from pathosam.models import checkpoint
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(CheckpointError, match="torch>=2.6"):
+        checkpoint.require_safe_torch()

@@ -88,7 +88,21 @@ def _reason(err: BaseException) -> str:
     return (line[:160] + "...") if len(line) > 160 else (line or type(err).__name__)
 
 
+#: The oldest torch whose ``torch.load(weights_only=True)`` is safe on hostile files (CVE-2025-32434).
+SAFE_TORCH = (2, 6)
+
+
+def require_safe_torch() -> None:
+    """Refuse to unpickle anything with a torch older than :data:`SAFE_TORCH` (pyproject's floor;
+    this guards installs that bypassed it)."""
+    m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    if m and (int(m[1]), int(m[2])) < SAFE_TORCH:
+        raise CheckpointError(f"torch {torch.__version__} cannot load checkpoints safely (CVE-2025-32434): "
+                              f"install torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}")
+
+
 def _torch_load(path: Path) -> object:
+    require_safe_torch()
     is_zip = zipfile.is_zipfile(path)
     if not is_zip:
         with open(path, "rb") as f:

@@ -131,8 +131,20 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain Python values);
+    an unreadable or foreign file is a :class:`~pathosam.models.checkpoint.CheckpointError`."""
+    from ..models.checkpoint import CheckpointError, require_safe_torch
+
+    require_safe_torch()
+    try:
+        ck = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a cut or corrupt file raises anything
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{path}: cannot read this training checkpoint ({reason}); delete it to "
+                              "resume from the previous one, or start the run anew") from None
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path}: not a pathosam training checkpoint (a {type(ck).__name__})")
+    return ck
 
 
 def load_sam_state(sam: torch.nn.Module, model_state: dict[str, torch.Tensor]) -> None:
