@@ -11,8 +11,16 @@ decoder maps are computed from the pixels (no network: the pipeline's own memory
 measured; the real model adds its constant working set, 2.7 GB for ViT-B, see bench_model.py).
 Each size runs in a fresh process; peak RSS is reported per size.
 
+Resume (``--resume``): a slide run in a subprocess is killed (SIGKILL) at 25/50/75 % of its model
+tiles and interrupted (SIGINT, Ctrl-C) at 30 %, then run again to completion; reports the tiles
+put through the model again ("recomputed" = tiles that entered the model in the stopped run and
+again on resume) against the bound (SIGKILL: the batch in the model, ``--batch-size`` tiles;
+SIGINT: 0, the batch in flight is finished and saved), and checks that the outputs equal an
+uninterrupted run's. Default: ``pathosam_small`` on the whole CMU-1-Small-Region at 0.25 um/px.
+
     python benchmarks/bench_wsi.py --speed --threads 2
     python benchmarks/bench_wsi.py --memory --sizes 5000 10000 20000
+    python benchmarks/bench_wsi.py --resume --threads 1 --batch-size 2 --tile 256 --halo 64
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,6 +151,99 @@ def bench_speed(threads: int, roi) -> dict:
             "nuclei": man["nuclei"], "peak_rss_gb": peak_rss_gb()}
 
 
+def resume_child(out: Path, progress_file: Path, args) -> None:
+    """One slide run (in its own process): counts the tiles entering the model in
+    ``progress_file`` (rewritten after each batch starts) and prints the run's work grid."""
+    import pathosam
+    from pathosam.automatic import ais_params
+    from pathosam.wsi.pipeline import SlideOptions, segment_slide
+
+    torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
+    model = pathosam.load_model(args.model, device="cpu")
+    encode, started = model.encode, [0]
+
+    def counting_encode(batch, *a, **k):
+        started[0] += len(batch)
+        tmp = progress_file.with_suffix(".tmp")
+        tmp.write_text(str(started[0]))
+        os.replace(tmp, progress_file)
+        return encode(batch, *a, **k)
+
+    model.encode = counting_encode
+    opts = SlideOptions(target_mpp=args.target_mpp, roi=tuple(args.resume_roi) if args.resume_roi else None,
+                        tile_shape=(args.tile, args.tile), halo=(args.halo, args.halo),
+                        batch_size=args.batch_size, ais=ais_params(model))
+    try:
+        man = segment_slide(shared() / "data/wsi/CMU-1-Small-Region.svs", model, out, opts, name="slide",
+                            progress=False)
+    except KeyboardInterrupt:
+        print(json.dumps({"interrupted": True, "started": started[0]}))
+        sys.exit(130)
+    print(json.dumps({"started": started[0], **man["work_grid"], "seconds": man["seconds"]}))
+
+
+def _outputs_equal(a: Path, b: Path) -> bool:
+    from pathosam.io.omezarr import read_label_zarr
+
+    same = all((a / f).read_bytes() == (b / f).read_bytes() for f in ("slide.geojson.gz", "slide.parquet"))
+    return same and bool(np.array_equal(read_label_zarr(a / "slide.ome.zarr"), read_label_zarr(b / "slide.ome.zarr")))
+
+
+def bench_resume(args, workdir: Path) -> dict:
+    """Reference run, then for each stop point: run, stop at the fraction of the reference's model
+    tiles with the signal, rerun to completion; tiles recomputed = started before + on resume -
+    reference."""
+    child = [sys.executable, __file__, "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+             "--model", args.model, "--tile", str(args.tile), "--halo", str(args.halo),
+             "--target-mpp", str(args.target_mpp)]
+    if args.resume_roi:
+        child += ["--resume-roi", *map(str, args.resume_roi)]
+
+    def run(out: Path, progress: Path, stop: tuple[int, float] | None = None, total: int = 0) -> dict:
+        progress.unlink(missing_ok=True)
+        cmd = child + ["--resume-child", str(out), str(progress)]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        if stop is not None:
+            sig, frac = stop
+            while p.poll() is None:
+                try:
+                    n = int(progress.read_text())
+                except (FileNotFoundError, ValueError):
+                    n = 0
+                if n >= frac * total:
+                    p.send_signal(sig)
+                    break
+                time.sleep(0.005)
+        stdout, _ = p.communicate()
+        lines = stdout.strip().splitlines()
+        res = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+        if "started" not in res or stop is not None and sig == signal.SIGKILL:
+            res["started"] = int(progress.read_text()) if progress.is_file() else 0
+        res["rc"], res["wall_s"] = p.returncode, time.perf_counter() - t0
+        return res
+
+    ref = run(workdir / "ref", workdir / "ref.progress")
+    total = ref["tiles_through_model"]
+    kills = [(signal.SIGKILL, f) for f in args.kill_at] + [(signal.SIGINT, f) for f in args.interrupt_at]
+    rows = []
+    for k, (sig, frac) in enumerate(kills):
+        out, prog = workdir / f"run{k}", workdir / f"run{k}.progress"
+        first = run(out, prog, (sig, frac), total)
+        again = run(out, prog)
+        recomputed = first["started"] + again["tiles_through_model"] - total
+        bound = args.batch_size if sig == signal.SIGKILL else 0
+        rows.append({"signal": signal.Signals(sig).name, "at": frac, "started_before_stop": first["started"],
+                     "rc_stopped": first["rc"], "through_model_on_resume": again["tiles_through_model"],
+                     "blocks_resumed": again["blocks_resumed"], "tiles_loaded": again.get("tiles_loaded"),
+                     "recomputed": recomputed, "bound": bound, "within_bound": 0 <= recomputed <= bound,
+                     "identical_outputs": _outputs_equal(workdir / "ref", out), "resume_s": again["wall_s"]})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return {"model": args.model, "model_tiles": total, "tiles": ref["tiles"], "batch_size": args.batch_size,
+            "reference_s": ref["wall_s"], "runs": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--speed", action="store_true")
@@ -150,7 +252,20 @@ def main() -> None:
     ap.add_argument("--roi", type=int, nargs=4, default=[300, 1000, 700, 500], metavar=("X", "Y", "W", "H"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000])
     ap.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume-roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="default: whole slide")
+    ap.add_argument("--model", default="pathosam_small")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--tile", type=int, default=384)
+    ap.add_argument("--halo", type=int, default=64)
+    ap.add_argument("--target-mpp", type=float, default=0.25)
+    ap.add_argument("--kill-at", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--interrupt-at", type=float, nargs="*", default=[0.3])
+    ap.add_argument("--resume-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.resume_child:
+        resume_child(*args.resume_child, args)
+        return
     if args.one_size:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_memory_one(args.one_size, Path(tmp))))
@@ -165,6 +280,9 @@ def main() -> None:
                                  check=True)
             res["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(res["memory"][-1]), file=sys.stderr)
+    if args.resume:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["resume"] = bench_resume(args, Path(tmp))
     print(json.dumps(res, indent=1))
 
 

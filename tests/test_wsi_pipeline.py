@@ -67,8 +67,17 @@ def test_resume_after_a_kill_gives_identical_output(tmp_path):
     write_pyramid(tmp_path / "s.ome.tif", image, 0.25)
     opts = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True)
     ref = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "a", opts, progress=False)
+    blocks = []
+
+    def stop_at_seventh_block(kind, index):  # a Ctrl-C right after the 7th block is saved
+        if kind == "block":
+            blocks.append(index)
+            if len(blocks) == 7:
+                raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False, stop_after=7)
+        segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False,
+                      on_saved=stop_at_seventh_block)
     assert len(list((tmp_path / "b" / "s.work" / "blocks").glob("*.npz"))) == 7
     assert not (tmp_path / "b" / "s.manifest.json").exists()
     res = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "b", opts, progress=False)
@@ -88,6 +97,9 @@ def test_resume_after_a_kill_gives_identical_output(tmp_path):
     finally:
         monkey.undo()
     assert banded["work_grid"]["tiles_computed"] > ref["work_grid"]["tiles_computed"]  # band edges twice
+    # ... but loaded from the work folder the second time, not put through the model again
+    assert banded["work_grid"]["tiles_through_model"] == ref["work_grid"]["tiles_through_model"]
+    assert banded["work_grid"]["tiles_loaded"] > 0
     for name in ("s.geojson.gz", "s.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
     # a finished slide is skipped

@@ -7,10 +7,16 @@ without tissue get background maps without running the model) -> :class:`TiledAI
 every finished block (its labels in a zarr array, its per-nucleus numbers in a small ``.npz``)
 -> merge -> OME-Zarr label pyramid, QuPath GeoJSON, Parquet table, tissue PNG, run manifest.
 
-Resumable: the work folder ``OUT/NAME.work`` keeps the finished blocks; running the same command
-again continues from them (only the tiles around unfinished blocks are recomputed) and gives the
-same output as an uninterrupted run. A slide whose manifest exists with the same settings is
-skipped. Final files are written under temporary names and renamed when complete.
+Resumable: the work folder ``OUT/NAME.work`` (:mod:`.workdir`) keeps each tile's model output
+as soon as its batch leaves the model (until every block around the tile is saved) and every
+finished block; running the same command again loads them, puts only the tiles never computed
+through the model and gives the same output as an uninterrupted run. Bound: a SIGKILL loses the
+model work of at most one batch (``batch_size`` tiles, the one inside the model); a
+KeyboardInterrupt (SIGINT) finishes and saves that batch, then stops (nothing lost). Work that
+is redone without the model: re-reading the read-ahead (at most 3 batches) and post-processing
+the blocks whose maps were queued for it (at most 4 batches of tiles, about one block each).
+A slide whose manifest exists with the same settings is skipped. Final files are written under
+temporary names and renamed when complete.
 
 Memory (bounded, whatever the slide's size and number of nuclei): up to five batches of tiles in
 flight between the overlapping read / model / post-processing stages, the tile maps of about two
@@ -28,6 +34,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,13 +44,14 @@ from ..instances.tiled import AISParams, BlockResult, Nuclei, TiledAIS, iter_mer
 from ..tiling import tile_grid
 from .slide import Slide, open_slide
 from .tissue import tile_has_tissue, tissue_mask
+from .workdir import WorkDir
 
 #: Pixel size (um/px) PathoSAM sees by default: 40x scans (its training data are mostly 40x).
 DEFAULT_TARGET_MPP = 0.25
 MANIFEST_FORMAT = "pathosam-slide-1"
 #: Blocks are processed in bands of this many tile columns, so the tile maps held at once
 #: (about two rows of a band) do not grow with the slide's width; the tile columns on each
-#: side of a band are computed again for the next band (2 / 32 = 6 % extra model work).
+#: side of a band are loaded again from the work folder for the next band (not recomputed).
 BAND_COLUMNS = 32
 
 
@@ -133,24 +141,6 @@ def _signature(slide: Slide, model, options: SlideOptions) -> dict:
     return json.loads(json.dumps(sig))  # as it reads back from JSON (tuples -> lists)
 
 
-def _save_block(folder: Path, result: BlockResult) -> None:
-    from ..io.atomic import atomic_write
-
-    with atomic_write(folder / f"{result.index}.npz") as tmp:
-        np.savez(tmp, anchors=result.anchors, stats=result.stats,
-                 **({} if result.features is None else {"features": result.features}))
-
-
-def _done_blocks(folder: Path) -> set[int]:
-    """Indices of the blocks saved in ``folder`` (complete files only)."""
-    return {int(f.stem) for f in folder.glob("*.npz") if ".partial" not in f.name}
-
-
-def _load_block(folder: Path, index: int) -> BlockResult:
-    with np.load(folder / f"{index}.npz") as z:
-        return BlockResult(index, None, z["anchors"], z["stats"], z["features"] if "features" in z else None)
-
-
 @dataclass
 class _Plan:
     """Everything a process needs to work on a slide's blocks (picklable; reopens the slide)."""
@@ -166,6 +156,10 @@ class _Plan:
     def work(self) -> Path:
         return self.out_dir / f"{self.name}.work"
 
+    @property
+    def workdir(self) -> WorkDir:
+        return WorkDir(self.work)
+
     def job(self, blocks=None, on_result=None, keep_results: bool = True) -> TiledAIS:
         import zarr
 
@@ -180,8 +174,6 @@ class _Plan:
 
 def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
     """Tissue mask, work grid and the work folder (kept if it belongs to the same run)."""
-    import zarr
-
     geom = Geometry.for_slide(slide, options)
     tiles = tile_grid(geom.shape, options.tile_shape, options.halo)
     thumb, thumb_ds = slide.thumbnail(2048)
@@ -194,79 +186,110 @@ def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: st
 
     has_tissue = [tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles]
     plan = _Plan(Path(slide.path), out_dir, name, options, geom, has_tissue)
-    work = plan.work
-    if work.exists():
-        old = json.loads((work / "job.json").read_text()) if (work / "job.json").is_file() else None
-        if old != sig:
-            shutil.rmtree(work)
-    if not work.exists():
-        (work / "blocks").mkdir(parents=True)
-        zarr.open_array(str(work / "labels.zarr"), mode="w", shape=geom.shape, chunks=options.tile_shape,
-                        dtype="uint32", fill_value=0)
-        (work / "job.json").write_text(json.dumps(sig))
+    plan.workdir.open(sig, geom.shape, options.tile_shape)
+    plan.workdir.done_blocks(check=True)  # a block file that does not read back is redone
     return plan, mask, thumb_ds
 
 
+#: ``on_saved(kind, index)`` of :func:`segment_slide`: kind "maps" (a tile's model output) or
+#: "block" (a post-processed block), once the file is in the work folder.
+SavedCallback = Callable[[str, int], None]
+
+
+#: Per-run numbers summed over the bands or tasks of a slide run.
+_SUMMED = ("tiles", "tiles_through_model", "tiles_loaded", "new_blocks", "read", "model")
+
+
+def _inner_outputs(tile, inst: np.ndarray, sem: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A tile's inner maps (3 channels, float32, compact) and class features from its model maps."""
+    from ..semantic import class_features
+    from ..tiling import tile_slices
+
+    il = (slice(None), *tile_slices(tile.inner_local))
+    maps = np.ascontiguousarray(inst[il][:3], dtype=np.float32)
+    return maps, None if sem is None else class_features(sem[il])
+
+
 def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, bar=None,
-                stop_after: int | None = None) -> dict:
+                on_saved: SavedCallback | None = None) -> dict:
     """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
-    the work folder; computes the maps of the tiles around them (model only on tissue tiles).
-    Reading, the model and post-processing run as three overlapping stages (:mod:`.stages`),
-    each at most two batches ahead of the next."""
-    from ..automatic import hand_over, model_input, run_tiles
+    the work folder; computes the maps of the tiles around them (model only on tissue tiles) or
+    loads those saved by an earlier (killed) run or band. Reading, the model and post-processing
+    run as three overlapping stages (:mod:`.stages`), each at most two batches ahead of the next;
+    the model stage saves each batch's maps before handing it on, so a kill loses at most the
+    batch inside the model, and a KeyboardInterrupt none (the batch in flight is finished and saved)."""
+    from ..automatic import model_input, run_tiles
     from ..image import to_rgb_uint8
     from ..semantic import N_CLASS_FEATURES
     from .stages import background
 
-    options, geom = plan.options, plan.geom
+    options, geom, work = plan.options, plan.geom, plan.workdir
     own_slide = slide is None
     slide = open_slide(plan.path) if own_slide else slide
-    blocks_dir = plan.work / "blocks"
-    new_blocks = [0]
+    done_here = work.done_blocks()
+    counts = {"new_blocks": 0, "loaded": 0}
 
     def on_result(result: BlockResult) -> None:
-        _save_block(blocks_dir, result)
-        new_blocks[0] += 1
-        if stop_after is not None and new_blocks[0] >= stop_after:
-            raise KeyboardInterrupt(f"stopped after {stop_after} blocks (test hook)")
+        work.save_block(result)
+        done_here.add(result.index)
+        counts["new_blocks"] += 1
+        # drop the saved maps no unfinished block needs any more (other processes' blocks: on disk)
+        for n in job.grid.neighbours(result.index):
+            if plan.has_tissue[n] and all(b in done_here or work.block_saved(b) for b in job.grid.neighbours(n)):
+                work.drop_maps(n)
+        if on_saved is not None:
+            on_saved("block", result.index)
 
     job = plan.job(blocks, on_result, keep_results=False)
     resumed = 0
-    for i in _done_blocks(blocks_dir) & job.mine:
+    for i in done_here & job.mine:
         job.mark_done(i)
         resumed += 1
     tiles = job.grid.tiles
     needed = job.needed_tiles()
-    n_model = sum(plan.has_tissue[i] for i in needed)
     seconds = {"read": 0.0, "model": 0.0}
 
     def read_batches():
-        """Stage 1 (thread): read and prepare tissue tiles, in batches, in raster order."""
+        """Stage 1 (thread), in raster order: ("model", batch of (tile, prepared input)) for tissue
+        tiles, ("ready", [(tile, maps, features)]) for maps saved earlier, ("background", tile)."""
         pending = []
         for i in needed:
-            if plan.has_tissue[i]:
+            saved = work.load_maps(i) if plan.has_tissue[i] else None
+            if plan.has_tissue[i] and saved is None:
                 t0 = time.perf_counter()
                 rgb = geom.read(slide, tiles[i].outer)
                 pending.append((tiles[i], model_input(model, to_rgb_uint8(rgb, options.normalization))))
                 seconds["read"] += time.perf_counter() - t0
                 if len(pending) >= options.batch_size:
-                    yield pending
+                    yield "model", pending
                     pending = []
+                continue
+            if pending:  # keep raster order: earlier tissue tiles first
+                yield "model", pending
+                pending = []
+            if saved is not None:
+                counts["loaded"] += 1
+                yield "ready", [(tiles[i], *saved)]
             else:
-                if pending:  # keep raster order: earlier tissue tiles first
-                    yield pending
-                    pending = []
-                yield tiles[i]
+                yield "background", tiles[i]
         if pending:
-            yield pending
+            yield "model", pending
 
     def compute():
-        """Stage 2 (thread): the model on tissue batches; background maps for the rest."""
-        for item in background(read_batches(), depth=2, name="pathosam-read"):
-            if isinstance(item, list):
+        """Stage 2 (thread): [(tile, maps, features)] per item: the model on tissue batches, each
+        batch's maps saved before it is handed on; background maps for tiles without tissue."""
+        for kind, item in background(read_batches(), depth=2, name="pathosam-read"):
+            if kind == "ready":
+                yield item
+            elif kind == "model":
                 inst, sem, sec = run_tiles(model, [p[1] for p in item], options.classes, options.tta)
                 seconds["model"] += sec
-                yield [p[0] for p in item], inst, sem
+                out = [(p[0], *_inner_outputs(p[0], m, s)) for p, m, s in zip(item, inst, sem)]
+                for tile, maps, feats in out:
+                    work.save_maps(tile.index, maps, feats)
+                    if on_saved is not None:
+                        on_saved("maps", tile.index)
+                yield out
             else:
                 (r0, c0), (r1, c1) = item.inner
                 maps = np.ones((3, r1 - r0, c1 - c0), np.float32)
@@ -275,32 +298,29 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
                 if options.classes:
                     feats = np.zeros((N_CLASS_FEATURES, r1 - r0, c1 - c0), np.float32)
                     feats[0] = 1  # background class: no votes, no shares
-                yield item, maps, feats
+                yield [(item, maps, feats)]
 
     try:
         # stage 3 (here): block post-processing and saving, in the same order as without threads
-        for item in background(compute(), depth=2, name="pathosam-model"):
-            if isinstance(item[0], list):
-                hand_over(job, *item)
-                done = len(item[0])
-            else:
-                job.add(item[0].index, item[1], item[2])
-                done = 1
+        for batch in background(compute(), depth=2, name="pathosam-model"):
+            for tile, maps, feats in batch:
+                job.add(tile.index, maps, feats)
             if bar is not None:
-                bar.update(done)
+                bar.update(len(batch))
     finally:
         if own_slide:
             slide.close()
-    t_read, t_model = seconds["read"], seconds["model"]
+    n_model = sum(plan.has_tissue[i] for i in needed) - counts["loaded"]
     return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
-            "read": t_read, "model": t_model, "new_blocks": new_blocks[0]}
+            "tiles_loaded": counts["loaded"], "read": seconds["read"], "model": seconds["model"],
+            "new_blocks": counts["new_blocks"]}
 
 
 def _column_bands(plan: _Plan, width: int | None = None) -> list[list[int]]:
     """The unfinished blocks in bands of ``width`` (default :data:`BAND_COLUMNS`) block columns
     (all rows), left to right."""
     width = width or BAND_COLUMNS
-    done = _done_blocks(plan.work / "blocks")
+    done = plan.workdir.done_blocks()
     grid = plan.job().grid
     bands = []
     for j0 in range(0, grid.n_cols, width):
@@ -317,7 +337,7 @@ def _run_distributed(plan: _Plan, model, client, rows_per_task: int | None, prog
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
-    done = _done_blocks(plan.work / "blocks")
+    done = plan.workdir.done_blocks()
     grid = plan.job().grid
     todo = [b for b in range(len(grid.tiles)) if b not in done]
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -327,28 +347,36 @@ def _run_distributed(plan: _Plan, model, client, rows_per_task: int | None, prog
              for k in range(0, len(rows), per)]
     model_future = client.scatter(model, broadcast=True)
     futures = [client.submit(_run_blocks, plan, model_future, band, pure=False) for band in bands]
-    totals = {"blocks_resumed": len(done), "tiles": 0, "tiles_through_model": 0, "read": 0.0, "model": 0.0,
-              "tasks": len(bands)}
+    band_of = dict(zip(futures, bands))
+    totals = {"blocks_resumed": len(done), "tasks": len(bands), **dict.fromkeys(_SUMMED, 0)}
     with tqdm(total=len(todo), desc=f"{plan.name}: blocks", unit="block", disable=not progress) as bar:
-        for fut, band in zip(as_completed(futures), bands):
+        for fut in as_completed(futures):
             stats = fut.result()
-            for k in ("tiles", "tiles_through_model", "read", "model"):
+            for k in _SUMMED:
                 totals[k] += stats[k]
-            bar.update(len(band))
+            bar.update(len(band_of[fut]))
     return totals
 
 
 def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, options: SlideOptions | None = None,
-                  name: str | None = None, progress: bool = True, stop_after: int | None = None,
-                  client=None, rows_per_task: int | None = None) -> dict:
+                  name: str | None = None, progress: bool = True, client=None, rows_per_task: int | None = None,
+                  on_saved: SavedCallback | None = None) -> dict:
     """Segment the nuclei of a whole slide; returns the run manifest (also written as JSON).
 
     Outputs in ``out_dir``: ``NAME.ome.zarr`` (uint32 labels at model resolution, pyramid),
     ``NAME.geojson.gz`` (QuPath detections in level-0 pixels), ``NAME.parquet`` (one row per
     nucleus), ``NAME.tissue.png`` (the tissue mask), ``NAME.manifest.json`` (written last).
     ``client``: a ``dask.distributed.Client`` to spread the blocks over its workers (they must
-    see ``out_dir``); results are identical to a single-process run. ``stop_after``: stop (raise
-    KeyboardInterrupt) after this many new blocks - a test hook that simulates a killed run.
+    see ``out_dir``); results are identical to a single-process run.
+
+    Resuming: the work folder ``OUT/NAME.work`` (:mod:`.workdir`) keeps each batch's model
+    output from the moment it leaves the model and each post-processed block; the same call
+    again loads them and puts only the other tiles through the model. Killed (SIGKILL) at any
+    moment, a run loses the model work of at most one batch (``batch_size`` tiles); interrupted
+    (KeyboardInterrupt / SIGINT), it finishes and saves the batch in the model, then stops.
+    ``on_saved(kind, index)`` (single-process runs): called after each save, kind "maps" (a
+    tile's model output, in the model thread) or "block"; raising from it stops the run as an
+    interrupt at that point would (tests use it).
     """
     from ..automatic import image_name
     from ..io.atomic import atomic_write
@@ -374,14 +402,12 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
 
             bands = _column_bands(plan)
             total = sum(len(plan.job(band).needed_tiles()) for band in bands)
-            stats = {"blocks_resumed": plan.job().n_blocks - sum(map(len, bands)), "tiles": 0,
-                     "tiles_through_model": 0, "read": 0.0, "model": 0.0}
+            stats = {"blocks_resumed": plan.job().n_blocks - sum(map(len, bands)), **dict.fromkeys(_SUMMED, 0)}
             with tqdm(total=total, desc=f"{name}: tiles", unit="tile", disable=not progress) as bar:
                 for band in bands:
-                    left = None if stop_after is None else stop_after - stats.get("new_blocks", 0)
-                    st = _run_blocks(plan, model, band, slide, bar, left)
-                    for k in ("tiles", "tiles_through_model", "read", "model", "new_blocks"):
-                        stats[k] = stats.get(k, 0) + st[k]
+                    st = _run_blocks(plan, model, band, slide, bar, on_saved)
+                    for k in _SUMMED:
+                        stats[k] += st[k]
         else:
             stats = _run_distributed(plan, model, client, rows_per_task, progress)
 
@@ -418,7 +444,7 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
     geom, options = plan.geom, plan.options
     th, tw = options.tile_shape
     n_rows, n_cols = -(-geom.shape[0] // th), -(-geom.shape[1] // tw)
-    blocks_dir = plan.work / "blocks"
+    work = plan.workdir
     source = zarr.open_array(str(plan.work / "labels.zarr"), mode="r")
     schema = _table_schema(options)
     count = 0
@@ -430,7 +456,7 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
         def features():
             nonlocal count
             merged = iter_merged(geom.shape, options.tile_shape,
-                                 lambda i: [_load_block(blocks_dir, i * n_cols + j) for j in range(n_cols)],
+                                 lambda i: [work.load_block(i * n_cols + j) for j in range(n_cols)],
                                  source, arrays[0], options.ais.min_size)
             for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
                                      disable=not progress):
@@ -553,7 +579,8 @@ def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seco
         "work_grid": {"shape": list(plan.geom.shape), "scale": plan.geom.scale, "roi_xywh": list(plan.geom.roi),
                       "tiles": len(plan.has_tissue), "tiles_with_tissue": int(sum(plan.has_tissue)),
                       "tiles_computed": stats["tiles"], "tiles_through_model": stats["tiles_through_model"],
-                      "blocks_resumed": stats["blocks_resumed"], "dask_tasks": stats.get("tasks", 0)},
+                      "tiles_loaded": stats["tiles_loaded"], "blocks_resumed": stats["blocks_resumed"],
+                      "blocks_processed": stats["new_blocks"], "dask_tasks": stats.get("tasks", 0)},
         "tissue_fraction": float(mask.mean()), "tissue_mask_downsample": thumb_ds,
         "nuclei": n, "seconds": seconds,
     }
