@@ -161,3 +161,34 @@ def test_damaged_and_partial_files_are_redone_and_old_work_folders_resume(slide_
         else:
             assert recomputed > 0
         assert_same_outputs(ref_dir, out)
+
+
+def test_slide_outputs_are_replaced_as_one_set(slide_and_reference, tmp_path, monkeypatch):
+    """A new run (other settings) into a folder with an old set: if writing the outputs fails, the
+    old set and its manifest stay whole and nothing is staged; on success all five are new."""
+    import json
+    import shutil
+
+    import pathosam.io.geojson as geojson
+
+    slide, ref, _ = slide_and_reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert sorted(before) == ["s.geojson.gz", "s.manifest.json", "s.parquet", "s.tissue.png"]
+    other = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=False, batch_size=BATCH)
+
+    def failing(path, features, **kwargs):
+        next(iter(features))  # some rows merged and written to the staged zarr / parquet
+        raise OSError("disk full")
+
+    monkeypatch.setattr(geojson, "write_features", failing)
+    with pytest.raises(OSError, match="disk full"):
+        segment_slide(slide, CountingMaps(), out, other, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+    np.testing.assert_array_equal(read_label_zarr(out / "s.ome.zarr"), read_label_zarr(ref / "s.ome.zarr"))
+    monkeypatch.undo()
+    man = segment_slide(slide, CountingMaps(), out, other, progress=False)
+    assert json.loads((out / "s.manifest.json").read_text())["signature"] == man["signature"]
+    assert (out / "s.parquet").read_bytes() != before["s.parquet"]  # no class columns now

@@ -379,7 +379,7 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
     interrupt at that point would (tests use it).
     """
     from ..automatic import image_name
-    from ..io.atomic import atomic_write
+    from ..io.atomic import atomic_file_set
 
     options = options or SlideOptions()
     out_dir = Path(out_dir)
@@ -411,19 +411,20 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         else:
             stats = _run_distributed(plan, model, client, rows_per_task, progress)
 
-        # merge the saved blocks row by row, streaming the outputs under temporary names
+        # merge the saved blocks row by row, streaming the outputs into a staging folder; they
+        # replace the slide's old outputs as one set, the manifest (the "done" mark) last
         t_post0 = time.perf_counter()
-        n = _write_outputs(plan, out_dir, name, options.target_mpp or options.mpp or slide.mpp, progress)
-        from PIL import Image
+        files = [f"{name}.{s}" for s in ("ome.zarr", "parquet", "geojson.gz", "tissue.png", "manifest.json")]
+        with atomic_file_set(out_dir, files) as staging:
+            n = _write_outputs(plan, staging, name, options.target_mpp or options.mpp or slide.mpp, progress)
+            from PIL import Image
 
-        with atomic_write(out_dir / f"{name}.tissue.png") as tmp:
-            Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
-        seconds = {"read": stats["read"], "model": stats["model"],
-                   "postprocessing_and_outputs": time.perf_counter() - t_post0,
-                   "total": time.perf_counter() - t_start}
-        manifest = _manifest(sig, slide, model, options, plan, stats, n, seconds, thumb_ds, mask)
-        with atomic_write(manifest_path) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1))
+            Image.fromarray((mask * 255).astype(np.uint8)).save(staging / f"{name}.tissue.png", format="PNG")
+            seconds = {"read": stats["read"], "model": stats["model"],
+                       "postprocessing_and_outputs": time.perf_counter() - t_post0,
+                       "total": time.perf_counter() - t_start}
+            manifest = _manifest(sig, slide, model, options, plan, stats, n, seconds, thumb_ds, mask)
+            (staging / manifest_path.name).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(plan.work, ignore_errors=True)
         return manifest
 
@@ -431,13 +432,13 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
 def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, progress: bool) -> int:
     """Merge the saved blocks one row of blocks at a time (:func:`iter_merged`) and stream the
     label pyramid, the Parquet table and the GeoJSON; returns the number of nuclei. Memory: a few
-    rows of block results and one row of blocks of labels, whatever the number of nuclei."""
+    rows of block results and one row of blocks of labels, whatever the number of nuclei.
+    ``out_dir`` is the staging folder of the output set (files written under their final names)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import zarr
     from tqdm.auto import tqdm
 
-    from ..io.atomic import atomic_write
     from ..io.geojson import write_features
     from ..io.omezarr import build_pyramid, create_label_zarr
 
@@ -448,28 +449,26 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
     source = zarr.open_array(str(plan.work / "labels.zarr"), mode="r")
     schema = _table_schema(options)
     count = 0
-    with atomic_write(out_dir / f"{name}.ome.zarr") as tmp_zarr, \
-            atomic_write(out_dir / f"{name}.parquet") as tmp_table:
-        _, arrays = create_label_zarr(tmp_zarr, geom.shape, options.tile_shape, mpp)
-        writer = pq.ParquetWriter(tmp_table, schema)
+    _, arrays = create_label_zarr(out_dir / f"{name}.ome.zarr", geom.shape, options.tile_shape, mpp)
+    writer = pq.ParquetWriter(out_dir / f"{name}.parquet", schema)
 
-        def features():
-            nonlocal count
-            merged = iter_merged(geom.shape, options.tile_shape,
-                                 lambda i: [work.load_block(i * n_cols + j) for j in range(n_cols)],
-                                 source, arrays[0], options.ais.min_size)
-            for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
-                                     disable=not progress):
-                table = _table(chunk, first, geom, n_cols, options)
-                writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))
-                count += len(chunk)
-                yield from _features(arrays[0], chunk, first, table, geom, tw, name)
+    def features():
+        nonlocal count
+        merged = iter_merged(geom.shape, options.tile_shape,
+                             lambda i: [work.load_block(i * n_cols + j) for j in range(n_cols)],
+                             source, arrays[0], options.ais.min_size)
+        for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
+                                 disable=not progress):
+            table = _table(chunk, first, geom, n_cols, options)
+            writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))
+            count += len(chunk)
+            yield from _features(arrays[0], chunk, first, table, geom, tw, name)
 
-        try:
-            write_features(out_dir / f"{name}.geojson.gz", features(), progress=False)
-        finally:
-            writer.close()
-        build_pyramid(arrays)
+    try:
+        write_features(out_dir / f"{name}.geojson.gz", features(), progress=False)
+    finally:
+        writer.close()
+    build_pyramid(arrays)
     return count
 
 
