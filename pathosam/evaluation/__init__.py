@@ -1,6 +1,6 @@
 """Evaluation: metrics (:mod:`.metrics`), automatic segmentation with the reference's grid search
 (:mod:`.automatic`), the iterative-prompting protocol (:mod:`.interactive`) and reports
-(:mod:`.report`); ``pathosam evaluate`` is :mod:`.command`.
+(:mod:`.report`); ``pathosam evaluate`` is :mod:`pathosam.cli.evaluate`.
 
 Names are resolved on first use, so importing this package stays cheap (no scipy until a
 metric is called). Submodules for the evaluation protocols live next to ``metrics``.
