@@ -8,8 +8,6 @@ AMG) runs at the model's geometry; the reference geometry (1024, 256 low-res) is
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -278,31 +276,6 @@ def test_old_caches_without_geometry_still_load(tiny_model, image, tmp_path):
     root.attrs["signature"] = sig
     again = tiny_model.embed(image, cache=path, progress=False)
     np.testing.assert_array_equal(np.asarray(again.features), first.features)
-
-
-# ------------------------------------------------------------------------------ speed
-def _tile_seconds(model: PathoSAM, tile: np.ndarray) -> tuple[float, float]:
-    tensor, in_size, orig = model.prepare_input(tile)
-    t0 = time.perf_counter()
-    feats = model.encode([tensor])
-    t1 = time.perf_counter()
-    model.decode(feats, [in_size], [orig])
-    return t1 - t0, time.perf_counter() - t1
-
-
-def test_print_per_tile_timing(tiny_files, capsys):
-    """Encoder + instance decoder seconds per 512 x 512 tile (printed, not asserted)."""
-    tile = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    ref = pathosam.load_model(tiny_files["tiny_sam.pt"], decoder=tiny_files["tiny_sam_decoder.pt"], device="cpu")
-    rows = [("tiny reference (ViT 64/4, 1024, UNETR 64)", ref)]
-    for img_size in (256, 512):
-        rows.append((f"small (ViT 64/2, {img_size}, UNETR 16)", small_model(img_size, 16)))
-    with capsys.disabled():
-        print(f"\nper 512x512 tile on CPU ({torch.get_num_threads()} threads):")
-        for name, model in rows:
-            enc, dec = _tile_seconds(model, tile)
-            print(f"  {name:45s} encoder {enc:6.3f} s  decoder {dec:6.3f} s  total {enc + dec:6.3f} s")
-
 
 
 def test_with_input_size_interpolates_the_positions_and_keeps_everything_else():
