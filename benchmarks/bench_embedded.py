@@ -45,7 +45,7 @@ def per_tile_seconds(model, repeats: int = 3, side: int = 512, tiled: bool = Tru
 
 def outer_tile(model) -> int:
     """Side of one outer tile of ``pathosam segment``'s auto tiling for this model."""
-    from pathosam.automatic import auto_tiling
+    from pathosam.inference import auto_tiling
 
     _, tile, halo = auto_tiling(model.img_size)
     return tile[0] + 2 * halo[0]

@@ -1,9 +1,10 @@
 """Automatic nucleus segmentation of one image: model -> decoder maps -> instances (+ classes).
 
-:func:`segment_nuclei` is the one place that runs a whole image through the model. For AIS on a
-tiled image it streams: tiles are embedded and decoded batch by batch, each tile's maps go to the
-seam-free block post-processing (:class:`pathosam.instances.tiled.TiledAIS`) and are dropped when
-no neighbouring block needs them, so besides the label image only about one row of tile maps is
+:func:`segment_nuclei` / :func:`segment` are the user-level entry points; the tiles, their model
+inputs, batching, TTA and pasting are :mod:`pathosam.inference`'s. For AIS on a tiled image it
+streams: tiles are embedded and decoded batch by batch, each tile's maps go to the seam-free
+block post-processing (:class:`pathosam.instances.tiled.TiledAIS`) and are dropped when no
+neighbouring block needs them, so besides the label image only about one row of tile maps is
 held (embeddings are never stored for the whole image).
 """
 
@@ -12,25 +13,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from .image import LONG_SIDE, Normalization, check_image, prepare_input, to_rgb_uint8
-from .instances.tiled import AISParams, TiledAIS
-from .tiling import Tile, tile_grid, tile_slices
+from .image import IMAGE_SUFFIXES, Normalization, check_image
+from .inference import decoder_maps  # noqa: F401 - public here too (pathosam.automatic.decoder_maps)
+from .inference import (TileInputs, image_tiles, input_size, iter_tile_maps, postprocessing_halo, resolve_tiling,
+                        tile_outputs)
+from .instances.params import AISParams, AMGParams, parameter_names
+from .instances.tiled import TiledAIS
+from .tiling import Tile
 
 Mode = Literal["ais", "amg"]
-#: Images with both sides up to this size are segmented untiled by default (``tile_shape="auto"``).
-AUTO_UNTILED_MAX = 512
 #: Smallest image side (pixels) accepted for automatic segmentation.
 MIN_SIDE = 8
-DEFAULT_TILE_SHAPE = (384, 384)
-DEFAULT_HALO = (64, 64)
-AMG_PARAMETERS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                  "box_nms_thresh", "crop_nms_thresh", "min_mask_region_area", "stability_score_offset",
-                  "min_object_size")
 
 
 @dataclass
@@ -55,64 +53,34 @@ class Segmentation:
     def n_objects(self) -> int:
         return int(self.labels.max()) if self.labels.size else 0
 
-    def table(self, offset: tuple[int, int] = (0, 0)):
-        """Per-nucleus table (pandas DataFrame): id, centroid, area, bbox[, class, probability]."""
+    def table(self, offset: tuple[int, int] = (0, 0), mpp: float | None = None):
+        """Per-nucleus table (pandas DataFrame) in the one output schema of images and slides
+        (:mod:`pathosam.io.schema`): id, centroid, area[, area_um2], bbox[, class, probability].
+
+        ``offset``: ``(row0, col0)`` added to y (row) and x (col); ``mpp``: pixel size in µm/px,
+        adds ``area_um2``. Coordinates are pixel edges (a pixel's centre is at +0.5)."""
         from .io.table import nucleus_table
 
-        return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset)
-
-
-def auto_tiling(img_size: int = 1024) -> tuple[int, tuple[int, int], tuple[int, int]]:
-    """(largest untiled image side, tile shape, halo) of ``tile_shape="auto"`` for a model with
-    input size ``img_size``: the reference's geometry scaled to the model, i.e. outer tiles of half
-    the input size, upsampled 2x (1024: 384 + 64 halo = 512 px tiles, images up to 512 px
-    untiled; 256: 96 + 16 = 128 px tiles, images up to 128 px untiled). Models are trained on
-    patches at that 2x scale (PathoSAM: 512 px patches, 1024 input)."""
-    t, h = img_size * 3 // 8, img_size // 16
-    return img_size // 2, (t, t), (h, h)
-
-
-def resolve_tiling(
-    shape: tuple[int, int], tile_shape, halo, img_size: int = 1024
-) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """Tile shape and halo to use; ``"auto"``: see :func:`auto_tiling` (for the reference models,
-    384 + 64 halo for images larger than 512 px)."""
-    if isinstance(tile_shape, str):
-        if tile_shape != "auto":
-            raise ValueError(f"tile_shape must be 'auto', None or (rows, cols), got {tile_shape!r}")
-        untiled, auto_tile, auto_halo = auto_tiling(img_size)
-        if max(shape) <= untiled:
-            return None, None
-        tile_shape = auto_tile
-        halo = auto_halo if halo is None else halo
-    if tile_shape is None:
-        if halo is not None:
-            raise ValueError("halo given without tile_shape")
-        return None, None
-    ts = tuple(int(t) for t in np.broadcast_to(tile_shape, 2))
-    hl = tuple(int(h) for h in np.broadcast_to(DEFAULT_HALO if halo is None else halo, 2))
-    if min(ts) <= 0 or min(hl) < 0:
-        raise ValueError(f"tile_shape must be positive and halo non-negative, got {ts}, {hl}")
-    return ts, hl
-
-
-def model_input(model, rgb: np.ndarray):
-    """:func:`pathosam.image.prepare_input` of ``rgb`` at the input size of ``model``
-    (``PathoSAM.img_size``; 1024, SAM's, for stand-ins without one)."""
-    return prepare_input(rgb, getattr(model, "img_size", LONG_SIDE))
+        return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset, mpp=mpp)
 
 
 def ais_params(model, params: dict | None = None) -> AISParams:
     """AIS post-processing parameters for ``model``: ``params``, else the model's recommended
-    values (``PathoSAM.ais_defaults``, from the registry), else the reference's defaults."""
+    values (``PathoSAM.ais_defaults``: the registry's for a registered model, however it was
+    loaded), else the defaults of :class:`AISParams` (the reference's)."""
     return AISParams(**{**getattr(model, "ais_defaults", {}), **(params or {})})
 
 
 def _split_params(mode: str, params: dict) -> dict:
-    allowed = [f.name for f in fields(AISParams)] if mode == "ais" else list(AMG_PARAMETERS)
+    """``params`` checked against the fields of :class:`AISParams` / :class:`AMGParams` (unknown
+    names: TypeError; AMG values out of range: ValueError; AIS values are checked by :func:`ais_params`)."""
+    cls = AISParams if mode == "ais" else AMGParams
+    allowed = parameter_names(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise TypeError(f"unknown {mode} parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    if cls is AMGParams:
+        AMGParams(**params)
     return params
 
 
@@ -154,7 +122,8 @@ def segment_nuclei(
         Show progress bars.
     tta : bool
         AIS: test-time augmentation, the mean of the decoder maps of each tile and its three flips
-        (:func:`tile_maps`); about 4x the model time, smoother boundaries and fewer split nuclei.
+        (:func:`pathosam.inference.tile_maps`); about 4x the model time, smoother boundaries and
+        fewer split nuclei.
     on_tiles : callable, optional
         AIS: called after each batch of tiles (untiled: once, with one whole-image tile) with the
         tiles and their float32 (3, h, w) instance maps of each tile's outer block (read only). It
@@ -163,7 +132,7 @@ def segment_nuclei(
         Post-processing parameters: for AIS the fields of :class:`AISParams`
         (``center_distance_threshold``, ..., ``min_size``; those not given come from the
         model's ``ais_defaults``, then the reference's defaults), for AMG those of
-        :func:`pathosam.instances.amg.amg_from_embeddings` (``pred_iou_thresh``, ...).
+        :class:`~pathosam.instances.params.AMGParams` (``pred_iou_thresh``, ...).
 
     Returns
     -------
@@ -195,14 +164,10 @@ def segment_nuclei(
     if min(image.shape[:2]) < MIN_SIDE:
         raise ValueError(f"image of {image.shape[0]}x{image.shape[1]} px is too small to segment "
                          f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
-    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
+    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, input_size(model))
     if mode == "ais":
         ais = ais_params(model, params)
-        if ts is None:
-            result = _ais_untiled(model, image, ais, classes, normalization, tta, on_tiles)
-        else:
-            result = _ais_tiled(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta,
-                                on_tiles)
+        result = _ais(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta, on_tiles)
         result.parameters = {"mode": mode, **ais.__dict__, **({"tta": True} if tta else {})}
     else:
         result = _amg(model, image, ts, hl, params, classes, batch_size, normalization, progress)
@@ -219,135 +184,42 @@ def segment(image: np.ndarray, model=None, mode: Mode = "ais", **kwargs) -> np.n
 # --------------------------------------------------------------------------------- AIS
 
 
-def _ais_untiled(model, image, params: AISParams, classes: bool, normalization, tta: bool,
-                 on_tiles=None) -> Segmentation:
+def _ais(model, image: np.ndarray, tile_shape: tuple[int, int] | None, halo: tuple[int, int] | None,
+         params: AISParams, classes: bool, batch_size: int, normalization: Normalization, progress: bool,
+         tta: bool, on_tiles=None) -> Segmentation:
+    """AIS of ``image``: the tiles' maps (:func:`pathosam.inference.iter_tile_maps`) streamed into
+    the seam-free block post-processing, or untiled (``tile_shape`` None) :func:`ais_from_maps`
+    of the whole image's maps."""
     from .instances.ais import ais_from_maps
-    from .semantic import nucleus_classes
+    from .semantic import classes_from_sums, nucleus_classes
 
-    t0 = time.perf_counter()
-    inst, sem, _ = run_tiles(model, [model_input(model, to_rgb_uint8(image, normalization))], classes, tta)
-    maps, sem = inst[0], sem[0]
-    if on_tiles is not None:
-        whole = ((0, 0), tuple(image.shape[:2]))
-        on_tiles([Tile(0, whole, whole)], [maps])
-    t1 = time.perf_counter()
-    labels = ais_from_maps(maps, **params.__dict__)
-    out = Segmentation(labels, "ais")
-    if classes:
-        out.classes, out.class_probabilities = nucleus_classes(labels, sem)
-    out.seconds = {"model": t1 - t0, "postprocessing": time.perf_counter() - t1}
-    return out
-
-
-def decoder_maps(model, image: np.ndarray, tile_shape="auto", halo=None, what: str = "instance",
-                 batch_size: int = 1, normalization: Normalization = "none", tta: bool = False) -> np.ndarray:
-    """The decoder maps of a whole image, float32 (C, H, W): untiled, or the inner blocks of the
-    tiles' maps pasted together (the reference's stitching); ``tta``: see :func:`tile_maps`. For
-    images that fit in memory (evaluation, grid search); :func:`segment_nuclei` streams instead."""
-    check_image(image)
-    ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
-    if ts is None:
-        return tile_maps(model, [model_input(model, to_rgb_uint8(image, normalization))], (what,), tta)[what][0]
-    tiles = tile_grid(image.shape[:2], ts, hl)
-    out = None
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start : start + batch_size]
-        inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)) for t in batch]
-        for t, m in zip(batch, tile_maps(model, inputs, (what,), tta)[what]):
-            if out is None:
-                out = np.zeros((m.shape[0], *image.shape[:2]), np.float32)
-            out[(slice(None), *tile_slices(t.inner))] = m[(slice(None), *tile_slices(t.inner_local))]
-    return out
-
-
-def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int], seeds: str = "distance"
-                        ) -> tuple[int, int]:
-    """Context (rows, cols) of the block-wise AIS post-processing: the tiling halo, at least
-    32 px (seam-free stitching needs context; 64 px for ``seeds="shape"``, whose distance
-    transform sees whole clusters of touching nuclei) and at most the tile shape."""
-    least = 64 if seeds == "shape" else 32
-    return (min(max(halo[0], least), tile_shape[0]), min(max(halo[1], least), tile_shape[1]))
-
-
-#: Flips (tensor dims) averaged by the test-time augmentation: identity, columns, rows, both.
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-
-def tile_maps(model, inputs, whats: tuple[str, ...] = ("instance",), tta: bool = False) -> dict[str, list]:
-    """Decoder maps of one batch of tiles (``inputs`` from :func:`model_input`): for each of
-    ``whats`` ("instance", "semantic") a list of float32 (C, H, W) arrays. ``tta``: the mean of
-    the maps of the tile and its three flips (rows, columns, both), mapped back; 4x the time."""
-    tensors, in_sizes, origs = zip(*inputs)
-    out: dict[str, list] = {}
-    flips = TTA_FLIPS if tta else ((),)
-    for dims in flips:
-        batch = [t.flip(dims) if dims else t for t in tensors]
-        feats = model.encode(batch)
-        for what in whats:
-            maps = model.decode(feats, in_sizes, origs, what, inputs=batch)
-            maps = [np.flip(m, dims) if dims else m for m in maps]
-            out[what] = maps if what not in out else [a + m for a, m in zip(out[what], maps)]
-    if tta:
-        out = {w: [np.ascontiguousarray(m / len(flips), dtype=np.float32) for m in ms] for w, ms in out.items()}
-    return out
-
-
-def run_tiles(model, inputs, classes: bool, tta: bool = False) -> tuple[list, list, float]:
-    """Run one batch of tiles (``inputs`` from :func:`model_input`) through the encoder and the
-    decoder(s) (see :func:`tile_maps`); returns the instance maps, the semantic maps (None each
-    without ``classes``) and the seconds spent in the model."""
-    t0 = time.perf_counter()
-    maps = tile_maps(model, inputs, ("instance", "semantic") if classes else ("instance",), tta)
-    return maps["instance"], maps.get("semantic", [None] * len(inputs)), time.perf_counter() - t0
-
-
-def hand_over(job: TiledAIS, tiles, inst, sem) -> None:
-    """Give each tile's inner maps (and class features) to ``job``, which post-processes the
-    blocks that become ready."""
-    from .semantic import class_features
-
-    for tile, m, s in zip(tiles, inst, sem):
-        il = (slice(None), *tile_slices(tile.inner_local))
-        job.add(tile.index, m[il], None if s is None else class_features(s[il]))
-
-
-def feed_tiles(model, job: TiledAIS, tiles, inputs, classes: bool, tta: bool = False) -> float:
-    """:func:`run_tiles` then :func:`hand_over`; returns the seconds spent in the model."""
-    inst, sem, seconds = run_tiles(model, inputs, classes, tta)
-    hand_over(job, tiles, inst, sem)
-    return seconds
-
-
-def _ais_tiled(model, image, tile_shape, halo, params: AISParams, classes: bool, batch_size: int,
-               normalization, progress: bool, tta: bool, on_tiles=None) -> Segmentation:
-    from tqdm.auto import tqdm
-
-    from .semantic import classes_from_sums
-
-    H, W = image.shape[:2]
-    tiles = tile_grid((H, W), tile_shape, halo)
-    job = TiledAIS((H, W), tile_shape, postprocessing_halo(tile_shape, halo, params.seeds), params)
-    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
-    t_model = t_post = 0.0
-    bar = tqdm(total=len(tiles), desc="segmenting tiles", unit="tile", disable=not progress)
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start : start + batch_size]
-        t0 = time.perf_counter()
-        inputs = [model_input(model, to_rgb_uint8(image[tile_slices(t.outer)], normalization)
-                              if rgb_full is None else rgb_full[tile_slices(t.outer)]) for t in batch]
-        inst, sem, seconds = run_tiles(model, inputs, classes, tta)
-        hand_over(job, batch, inst, sem)
-        if on_tiles is not None:
-            on_tiles(batch, inst)
+    shape = image.shape[:2]
+    job = None
+    if tile_shape is not None:
+        job = TiledAIS(shape, tile_shape, postprocessing_halo(tile_shape, halo, params.seeds), params)
+    inputs = TileInputs(image, normalization, input_size(model))
+    whats = ("instance", "semantic") if classes else ("instance",)
+    t_model, t0 = 0.0, time.perf_counter()
+    for tiles, maps, seconds in iter_tile_maps(model, inputs, image_tiles(shape, tile_shape, halo), whats,
+                                               batch_size, tta, progress and job is not None, "segmenting tiles"):
         t_model += seconds
-        t_post += time.perf_counter() - t0 - seconds
-        bar.update(len(batch))
-    bar.close()
+        inst, sem = maps["instance"], maps.get("semantic", [None] * len(tiles))
+        if job is not None:
+            for tile, m, s in zip(tiles, inst, sem):
+                job.add(tile.index, *tile_outputs(tile, m, s))
+        if on_tiles is not None:
+            on_tiles(tiles, inst)
+    t_post = time.perf_counter() - t0 - t_model
     t1 = time.perf_counter()
-    job.finish()
-    out = Segmentation(job.out, "ais")
-    if classes:
-        out.classes, out.class_probabilities = classes_from_sums(job.nuclei.features)
+    if job is None:
+        out = Segmentation(ais_from_maps(inst[0], **params.__dict__), "ais")
+        if classes:
+            out.classes, out.class_probabilities = nucleus_classes(out.labels, sem[0])
+    else:
+        job.finish()
+        out = Segmentation(job.out, "ais")
+        if classes:
+            out.classes, out.class_probabilities = classes_from_sums(job.nuclei.features)
     out.seconds = {"model": t_model, "postprocessing": t_post + time.perf_counter() - t1}
     return out
 
@@ -380,9 +252,14 @@ OUTPUT_FORMATS = ("tif", "geojson", "geojson.gz", "csv", "parquet")
 def save_segmentation(
     result: Segmentation, out_dir: str | os.PathLike, name: str,
     formats: tuple[str, ...] = ("tif", "geojson", "csv", "parquet"), progress: bool = False,
+    mpp: float | None = None,
 ) -> list[str]:
     """Write ``result`` as ``OUT_DIR/NAME.tif`` (uint32 labels), ``NAME.geojson`` (QuPath
     detections), ``NAME.csv`` / ``NAME.parquet`` (one row per nucleus); returns the paths written.
+
+    Tables and GeoJSON measurements follow the one output schema of images and slides
+    (:mod:`pathosam.io.schema`); ``mpp`` (the image's pixel size in µm/px, when known) adds
+    ``area_um2`` / ``"Area µm^2"``.
 
     The files are written as one set (:func:`pathosam.io.atomic_file_set`): they appear together
     once all are complete; if any writer fails, the folder keeps what it had. Outputs of ``name``
@@ -400,7 +277,7 @@ def save_segmentation(
     with atomic_file_set(out_dir, files, replaces=[f"{name}.{fmt}" for fmt in OUTPUT_FORMATS]) as tmp:
         if "tif" in formats:
             write_label_tiff(tmp / f"{name}.tif", result.labels)
-        table = result.table() if set(formats) & {"geojson", "geojson.gz", "csv", "parquet"} else None
+        table = result.table(mpp=mpp) if set(formats) & {"geojson", "geojson.gz", "csv", "parquet"} else None
         for fmt in ("geojson", "geojson.gz"):
             if fmt in formats:
                 write_geojson(tmp / f"{name}.{fmt}", result.labels, table, id_namespace=name, progress=progress)
@@ -414,7 +291,7 @@ def save_segmentation(
 def image_name(path: str | os.PathLike) -> str:
     """Output stem for an input file: its name without the image suffix(es) (``a.ome.tif`` -> ``a``)."""
     name = os.path.basename(os.fspath(path))
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return os.path.splitext(name)[0]

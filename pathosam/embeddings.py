@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .image import NORMALIZATIONS, Normalization, check_image, prepare_input, to_rgb_uint8
-from .tiling import Tile, tile_grid, tile_slices
+from .image import Normalization
+from .inference import TileInputs, encode_blocks
+from .tiling import Tile, tile_grid
 
 CACHE_FORMAT = "pathosam-embeddings-1"
 #: Embedding shape (C, h, w) and input size of SAM (and of caches written before they were recorded).
@@ -113,37 +113,31 @@ def compute_embeddings(
         halo = (0, 0)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    image = np.asarray(image)
-    check_image(image)
-    # "none": one conversion of the whole image (global scaling for non-uint8 input);
-    # "minmax": every tile is converted on its own below.
-    rgb_full = to_rgb_uint8(image, "none") if normalization == "none" else None
-    H, W = image.shape[:2]
+    inputs = TileInputs(image, normalization, img_size)  # the one conversion rule (pathosam.inference)
+    image = inputs.image
+    H, W = inputs.shape
     tiles = tile_grid((H, W), tile_shape, halo) if tile_shape is not None else None
     feature_shape = tuple(int(s) for s in feature_shape)
     sig = _signature(image, model_id, tile_shape, halo, normalization, img_size, feature_shape)
     if cache is not None and Path(cache).exists():
         return load_cache(cache, sig)
 
-    blocks = [tile_slices(t.outer) for t in tiles] if tiles else [(slice(0, H), slice(0, W))]
-    n = len(blocks)
+    blocks = [t.outer for t in tiles] if tiles else [((0, 0), (H, W))]
+    desc = "embedding tiles" if tiles else "embedding"
     # With a cache, batches stream straight into the zarr store (memory: one batch), which is
     # written under a temporary name and renamed into place only when complete; without one,
     # features are held in memory.
     if cache is None:
-        features = np.empty((n, *feature_shape), dtype=np.float32)
-        input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, features, batch_size,
-                                                     normalization, progress, bool(tiles), img_size)
+        features = np.empty((len(blocks), *feature_shape), dtype=np.float32)
+        input_sizes, original_sizes = encode_blocks(encode, inputs, blocks, features, batch_size, progress, desc)
         return ImageEmbeddings(features, input_sizes, original_sizes, (H, W), tile_shape and tuple(tile_shape),
                                halo and tuple(halo), tiles, normalization, sig)
     from .io.atomic import atomic_write
 
     with atomic_write(cache) as tmp:
-        store = _new_store(tmp, n, feature_shape)
-        input_sizes, original_sizes = _encode_blocks(encode, image, rgb_full, blocks, store["features"],
-                                                     batch_size, normalization, progress, bool(tiles), img_size)
+        store = _new_store(tmp, len(blocks), feature_shape)
+        input_sizes, original_sizes = encode_blocks(encode, inputs, blocks, store["features"], batch_size, progress,
+                                                    desc)
         store.attrs["signature"] = sig
         store.attrs["input_sizes"] = [list(x) for x in input_sizes]
         store.attrs["original_sizes"] = [list(x) for x in original_sizes]
@@ -152,44 +146,15 @@ def compute_embeddings(
 
 def iter_block_inputs(image: np.ndarray, emb: ImageEmbeddings, img_size: int = SAM_IMG_SIZE):
     """Yield the prepared model input (:func:`~pathosam.image.prepare_input` tensor) of every entry
-    of ``emb`` in order, rebuilt from the ``image`` it was computed from (decoders that read the
-    image need them besides the embeddings); one tile in memory at a time."""
+    of ``emb`` in order, rebuilt from the ``image`` it was computed from by the same rule
+    (:class:`pathosam.inference.TileInputs`); decoders that read the image need them besides the
+    embeddings. One tile in memory at a time."""
     image = np.asarray(image)
     if tuple(image.shape[:2]) != tuple(emb.image_shape):
         raise ValueError(f"image of shape {image.shape[:2]} is not the {tuple(emb.image_shape)} image of these embeddings")
-    H, W = emb.image_shape
-    minmax = emb.normalization == "minmax"
-    rgb_full = None if minmax else to_rgb_uint8(image, "none")  # once, as compute_embeddings
+    inputs = TileInputs(image, emb.normalization, img_size)
     for i in range(len(emb)):
-        sl = tile_slices(emb.tiles[i].outer) if emb.tiles else (slice(0, H), slice(0, W))
-        rgb = to_rgb_uint8(image[sl], "minmax") if minmax else rgb_full[sl]
-        yield prepare_input(rgb, img_size)[0]
-
-
-def _encode_blocks(encode, image, rgb_full, blocks, features, batch_size, normalization, progress, tiled,
-                   img_size=SAM_IMG_SIZE):
-    """Encode the image ``blocks`` in batches into ``features``; returns input and original sizes."""
-    from tqdm.auto import tqdm
-
-    n = len(blocks)
-    input_sizes, original_sizes = [], []
-    bar = tqdm(total=n, desc="embedding tiles" if tiled else "embedding", disable=not progress or n == 1)
-    for start in range(0, n, batch_size):
-        batch = []
-        for sl in blocks[start : start + batch_size]:
-            rgb = to_rgb_uint8(image[sl], normalization) if normalization == "minmax" else rgb_full[sl]
-            tensor, in_size, orig = prepare_input(rgb, img_size)
-            batch.append(tensor)
-            input_sizes.append(in_size)
-            original_sizes.append(orig)
-        out = encode(batch)
-        if tuple(out.shape[1:]) != tuple(features.shape[1:]):
-            raise ValueError(f"the encoder returned embeddings of shape {tuple(out.shape[1:])}, "
-                             f"expected {tuple(features.shape[1:])}")
-        features[start : start + len(batch)] = out
-        bar.update(len(batch))
-    bar.close()
-    return input_sizes, original_sizes
+        yield inputs.prepared(emb.tiles[i].outer if emb.tiles else None)[0]
 
 
 def _new_store(path: str | os.PathLike, n: int, feature_shape=SAM_FEATURE_SHAPE):

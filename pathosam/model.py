@@ -19,10 +19,10 @@ from .models.checkpoint import (CheckpointError, as_tensor_dict, decoder_flavour
 from .models.sam import Sam, build_sam, config_from_state_dict
 from .models.unetr import (BNMode, UNETRDecoder, embed_dim_from_state_dict, features_from_state_dict,
                            has_image_skip, postprocess_maps)
-from .tiling import tile_slices
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` or None: CUDA, then MPS, then CPU; anything else as ``torch.device``."""
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -90,7 +90,7 @@ class PathoSAM:
         model_id: str | None = None,
         ais_defaults: dict | None = None,
     ) -> None:
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.sam = sam.eval().to(self.device)
         self.decoder = decoder.eval().to(self.device) if decoder is not None else None
         self.semantic_decoder = semantic_decoder.eval().to(self.device) if semantic_decoder is not None else None
@@ -198,11 +198,9 @@ class PathoSAM:
         self, what: str, emb: ImageEmbeddings, bn_mode: BNMode, batch_size: int, progress: bool,
         image: np.ndarray | None = None,
     ) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        from itertools import islice
-
+        """float32 (C, H, W) ``what`` maps of the image of ``emb`` (:func:`pathosam.inference.maps_from_embeddings`)."""
         from .embeddings import iter_block_inputs
+        from .inference import maps_from_embeddings
 
         decoder = self.decoder if what == "instance" else self.semantic_decoder
         if decoder is None:
@@ -212,26 +210,7 @@ class PathoSAM:
             if image is None:
                 raise ValueError(f"the {what} decoder of {self.name} reads the input image: pass image=")
             block_inputs = iter_block_inputs(image, emb, self.img_size)
-        H, W = emb.image_shape
-        out = np.zeros((decoder.out_channels, H, W), dtype=np.float32)
-        n = len(emb)
-        bar = tqdm(total=n, desc=f"{what} maps", disable=not progress or n == 1)
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            inputs = list(islice(block_inputs, stop - start)) if block_inputs is not None else None
-            tiles_maps = self.decode(emb.features[start:stop], emb.input_sizes[start:stop],
-                                     emb.original_sizes[start:stop], what, bn_mode, inputs)
-            for i, tile_maps in zip(range(start, stop), tiles_maps):
-                if emb.tiles is None:
-                    out[:] = tile_maps
-                else:
-                    tile = emb.tiles[i]
-                    out[(slice(None), *tile_slices(tile.inner))] = tile_maps[
-                        (slice(None), *tile_slices(tile.inner_local))
-                    ]
-            bar.update(stop - start)
-        bar.close()
-        return out
+        return maps_from_embeddings(self, emb, what, bn_mode, batch_size, progress, block_inputs)
 
     def instance_maps(
         self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True,
@@ -413,7 +392,7 @@ def load_model(
     ais_defaults: dict = {}
     if registry.is_registered(name) and not Path(name).exists():
         entry = registry.get(name)
-        ais_defaults = dict(entry.ais_defaults)
+        ais_defaults = registry.ais_defaults(entry)
         sam_path = registry.fetch(name, progress=progress)
         model_id = f"{name}:{entry.hash}"
         if decoder is None and entry.decoder:
@@ -432,7 +411,9 @@ def load_model(
             raise ValueError("semantic_decoder=True needs a registry model; pass the decoder file instead")
     ck = read_checkpoint(sam_path)  # before hashing: a directory or unreadable file gets a CheckpointError
     if model_id is None:
-        model_id = f"{sam_path.name}:{registry.file_hash(sam_path)}"
+        digest = registry.file_hash(sam_path)
+        model_id = f"{sam_path.name}:{digest}"
+        ais_defaults = registry.ais_defaults(registry.entry_of_file(digest))  # a registered model's file
     if ck.sam_state is None:
         raise CheckpointError(f"{sam_path}: holds no SAM weights (layout {ck.layout}); is it a decoder file?")
     # the (small) decoders first: a bad decoder file fails before a ViT-H is built

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from pathosam.instances import ais_from_maps
 from pathosam.model import PathoSAM
-from pathosam.automatic import resolve_tiling, segment, segment_nuclei
+from pathosam.automatic import segment, segment_nuclei
+from pathosam.inference import resolve_tiling
 from pathosam.semantic import nucleus_classes
 from pathosam.tiling import tile_grid, tile_slices
 

@@ -114,9 +114,9 @@ def served(tmp_path_factory):
 @pytest.fixture
 def slow_tiles(monkeypatch):
     """Every automask tile takes SLOW_TILE s longer; returns the list of tiles run so far."""
-    import pathosam.automatic as automatic
+    import pathosam.inference as inference
 
-    run_tiles = automatic.run_tiles
+    run_tiles = inference.run_tiles
     done: list[int] = []
 
     def slowed(model, inputs, *args, **kwargs):
@@ -125,7 +125,7 @@ def slow_tiles(monkeypatch):
         done.append(len(inputs))
         return out
 
-    monkeypatch.setattr(automatic, "run_tiles", slowed)
+    monkeypatch.setattr(inference, "run_tiles", slowed)
     return done
 
 

@@ -74,9 +74,9 @@ def automask_features(engine, model, source, b64img: str, body: SAMAutoMaskBody,
 def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) -> list[dict]:
     from scipy import ndimage
 
-    from ..automatic import MIN_SIDE, ais_params, resolve_tiling, segment_nuclei
+    from ..automatic import MIN_SIDE, ais_params, segment_nuclei
+    from ..inference import paste_inner, resolve_tiling
     from ..instances import ais_from_maps
-    from ..tiling import tile_slices
 
     key = (source.key, image_key(b64img))
     cached = engine.cached(key)  # untiled embeddings only: used when AIS would not tile either
@@ -100,7 +100,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) 
 
         def on_tiles(tiles, maps) -> None:
             for t, m in zip(tiles, maps):
-                foreground[tile_slices(t.inner)] = m[0][tile_slices(t.inner_local)]
+                paste_inner(foreground[None], t, m[:1])
             checkpoint()
 
         if rgb is None:
@@ -124,7 +124,7 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) 
 
 
 def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type: str, checkpoint) -> list[dict]:
-    from ..instances.amg import _postprocess_small_regions, box_nms, generate_mask_candidates
+    from ..instances.amg import box_nms, generate_mask_candidates, postprocess_small_regions
 
     _, emb, shape = engine.embedding(source, b64img, model)
     cands = generate_mask_candidates(  # batch size capped: ~21 MB per point on CPU, same masks
@@ -142,8 +142,8 @@ def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type:
             scores = np.array([r.predicted_iou for r in records], dtype=np.float32)
         records = [records[i] for i in box_nms(np.stack([r.box for r in records]), scores, body.box_nms_thresh)]
     if records and body.min_mask_region_area > 0:
-        records = _postprocess_small_regions(records, body.min_mask_region_area,
-                                             max(body.box_nms_thresh, body.crop_nms_thresh), shape)
+        records = postprocess_small_regions(records, body.min_mask_region_area,
+                                            max(body.box_nms_thresh, body.crop_nms_thresh), shape)
     out: list[dict] = []
     for r in records:
         x0, y0, x1, y1 = (int(v) for v in r.box)
