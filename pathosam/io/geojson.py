@@ -5,8 +5,10 @@ carry the exact pixel-edge outline (:func:`~pathosam.io.polygons.label_polygons`
 full-resolution pixel-corner coordinates (x = col, y = row), ``properties.objectType``,
 ``properties.classification`` (``{"name", "color": [r, g, b]}``) when the nucleus has a class,
 and ``properties.measurements`` (numbers only; a value that is not finite is left out, never
-written as NaN or null). Each Feature's ``id`` is a UUID derived from the label id (uuid5), so
-re-running gives an identical file.
+written as NaN or null). Measurement names, rounding and colours come from
+:mod:`pathosam.io.schema`, for images (:func:`write_geojson`) and slides
+(:func:`traced_features`) alike. Each Feature's ``id`` is a UUID derived from the label id
+(uuid5), so re-running gives an identical file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import io
 import json
 import os
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,20 +26,12 @@ import pandas as pd
 
 from .atomic import atomic_write
 from .labels import as_label_image
-from .polygons import Part, label_outlines, label_polygons
+from .polygons import Part, label_outlines, label_polygons, object_outline
+from .schema import CLASS_COLORS, COLUMNS, COORDINATE_DECIMALS, class_color, classification
 from .table import nucleus_table
 
-__all__ = ["CLASS_COLORS", "ID_NAMESPACE", "OBJECT_TYPES", "class_color", "label_polygons", "make_feature",
-           "write_features", "write_geojson"]
-
-#: Colours of the PanNuke classes (HoVer-Net's PanNuke palette), [r, g, b] 0..255.
-CLASS_COLORS: dict[str, list[int]] = {
-    "neoplastic": [255, 0, 0],
-    "inflammatory": [0, 255, 0],
-    "connective": [0, 0, 255],
-    "dead": [255, 255, 0],
-    "epithelial": [255, 165, 0],
-}
+__all__ = ["CLASS_COLORS", "ID_NAMESPACE", "MEASUREMENTS", "OBJECT_TYPES", "class_color", "label_polygons",
+           "make_feature", "traced_features", "write_features", "write_geojson"]
 
 #: Namespace of the Feature ids: ``uuid5(ID_NAMESPACE, f"{id_namespace}:{label_id}")``.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "pathosam/nucleus")
@@ -46,22 +39,10 @@ ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "pathosam/nucleus")
 #: Object types QuPath reads from ``properties.objectType``.
 OBJECT_TYPES = ("annotation", "detection", "cell", "tile", "tmaCore")
 
-#: Table column -> QuPath measurement name, and the decimals kept.
+#: Table column -> (QuPath measurement name, decimals kept), from :data:`pathosam.io.schema.COLUMNS`.
 MEASUREMENTS: dict[str, tuple[str, int | None]] = {
-    "id": ("Label id", None),
-    "area": ("Area px", None),
-    "centroid_x": ("Centroid X px", 4),
-    "centroid_y": ("Centroid Y px", 4),
-    "class_probability": ("Class probability", 6),
+    c.name: (c.measurement, c.decimals) for c in COLUMNS if c.measurement is not None
 }
-
-
-def class_color(name: str) -> list[int]:
-    """[r, g, b] of a class: the PanNuke palette, else a fixed colour derived from the name."""
-    if name in CLASS_COLORS:
-        return list(CLASS_COLORS[name])
-    h = zlib.crc32(name.encode("utf-8"))
-    return [(h >> 16) & 255, (h >> 8) & 255, h & 255]
 
 
 def _closed(ring: np.ndarray) -> list:
@@ -70,22 +51,28 @@ def _closed(ring: np.ndarray) -> list:
     return coords
 
 
+def _vertices(ring: np.ndarray) -> np.ndarray:
+    """Outline vertices as written: rounded to COORDINATE_DECIMALS, integers when integral."""
+    if ring.dtype.kind == "f":
+        ring = np.round(ring, COORDINATE_DECIMALS)
+        if np.array_equal(ring, np.round(ring)):
+            ring = ring.astype(np.int64)
+    return ring
+
+
 def _geometry(parts: list[Part]) -> dict:
     """GeoJSON geometry of an outline: rings closed, integer coordinates stay integers."""
-    polys = [[_closed(r) for r in (shell, *holes)] for shell, holes in parts]
+    polys = [[_closed(_vertices(r)) for r in (shell, *holes)] for shell, holes in parts]
     if len(polys) == 1:
         return {"type": "Polygon", "coordinates": polys[0]}
     return {"type": "MultiPolygon", "coordinates": polys}
 
 
-def _table_columns(table: pd.DataFrame, max_id: int) -> tuple[np.ndarray, dict[str, list], list | None]:
-    """Row of each label id (-1 = none), measurement values and class names as Python lists."""
+def _properties(table: pd.DataFrame) -> tuple[np.ndarray, dict[str, list], list | None]:
+    """Label id of each row, measurement values (by QuPath name, rounded as the schema says;
+    None where not finite) and class names, as Python lists."""
     if "id" not in table:
         raise ValueError("the nucleus table needs an 'id' column (see pathosam.io.nucleus_table)")
-    ids = table["id"].to_numpy().astype(np.int64)
-    row = np.full(max_id + 1, -1, np.intp)
-    keep = (ids >= 0) & (ids <= max_id)
-    row[ids[keep]] = np.flatnonzero(keep)
     values = {}
     for col, (name, decimals) in MEASUREMENTS.items():
         if col in table:
@@ -93,13 +80,22 @@ def _table_columns(table: pd.DataFrame, max_id: int) -> tuple[np.ndarray, dict[s
             if decimals is not None:
                 v = np.round(v, decimals)
             finite = np.isfinite(v)
-            as_int = decimals is None and bool(np.all(v[finite] == np.round(v[finite])))
+            as_int = pd.api.types.is_integer_dtype(table[col].dtype)
             values[name] = [
                 (int(x) if as_int else float(x)) if ok else None for x, ok in zip(v.tolist(), finite.tolist())
             ]
     names = None
     if "class_name" in table:
         names = [x if isinstance(x, str) else "" for x in table["class_name"].tolist()]
+    return table["id"].to_numpy().astype(np.int64), values, names
+
+
+def _table_columns(table: pd.DataFrame, max_id: int) -> tuple[np.ndarray, dict[str, list], list | None]:
+    """Row of each label id (-1 = none), measurement values and class names as Python lists."""
+    ids, values, names = _properties(table)
+    row = np.full(max_id + 1, -1, np.intp)
+    keep = (ids >= 0) & (ids <= max_id)
+    row[ids[keep]] = np.flatnonzero(keep)
     return row, values, names
 
 
@@ -108,14 +104,16 @@ def make_feature(
     measurements: dict | None = None, id_namespace: str | None = "",
 ) -> dict:
     """One QuPath Feature: outline ``parts`` (as :func:`~pathosam.io.polygons.label_outlines`
-    yields them), a classification when ``class_name`` is non-empty, finite measurements only."""
+    yields them: (x, y) pixel corners), a classification when ``class_name`` is non-empty,
+    finite measurements only."""
     feature: dict = {"type": "Feature"}
     if id_namespace is not None:
         feature["id"] = str(uuid.uuid5(ID_NAMESPACE, f"{id_namespace}:{lid}"))
     feature["geometry"] = _geometry(parts)
     props: dict = {"objectType": object_type}
-    if class_name:
-        props["classification"] = {"name": class_name, "color": class_color(class_name)}
+    cls = classification(class_name)
+    if cls is not None:
+        props["classification"] = cls
     m = {k: v for k, v in (measurements or {}).items() if v is not None and np.isfinite(v)}
     if m:
         props["measurements"] = m
@@ -137,6 +135,68 @@ def _features(
         name = names[r] if r >= 0 and names is not None else ""
         m = {k: v[r] for k, v in values.items()} if r >= 0 else None
         yield make_feature(lid, parts, object_type, name, m, id_namespace)
+
+
+def traced_features(
+    labels,
+    bbox: np.ndarray,
+    table: pd.DataFrame,
+    groups: np.ndarray,
+    *,
+    offset: tuple[float, float] = (0, 0),
+    scale: float = 1.0,
+    object_type: str = "detection",
+    id_namespace: str | None = "",
+) -> Iterator[dict]:
+    """Features of the nuclei of ``table``, each traced from its bounding box in ``labels``
+    (for label images too large to hold: a slide's zarr array, read one group at a time).
+
+    Parameters
+    ----------
+    labels : array-like
+        (H, W) integer label image indexed [row, col] (numpy or zarr; sliced, never read whole).
+    bbox : np.ndarray
+        int (N, 4) (min_row, min_col, max_row + 1, max_col + 1) of each row of ``table`` in
+        ``labels``.
+    table : pandas.DataFrame
+        The rows' per-nucleus table (:func:`~pathosam.io.table.nuclei_table`, ``id`` = label value):
+        measurements and classification.
+    groups : np.ndarray
+        (N,) group of each row: the nuclei of one group are traced from one region of
+        ``labels`` (the union of their boxes; e.g. one column of blocks), groups in ascending
+        order, rows in table order within a group.
+    offset : (float, float)
+        ``(row0, col0)``: full-resolution position of ``labels``' top-left corner.
+    scale : float
+        ``labels`` pixels per full-resolution pixel; outlines are converted to full-resolution
+        pixel corners x = col0 + col / scale, y = row0 + row / scale.
+    object_type, id_namespace
+        As :func:`write_geojson`.
+
+    Yields
+    ------
+    dict
+        One Feature per row, as :func:`make_feature`.
+    """
+    if not len(table):
+        return
+    ids, values, names = _properties(table)
+    bbox = np.asarray(bbox).reshape(-1, 4)
+    row0, col0 = offset
+    for g in np.unique(groups):
+        group = np.flatnonzero(groups == g)
+        lo = bbox[group, :2].min(axis=0)
+        hi = bbox[group, 2:].max(axis=0)
+        region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
+        for k in group:
+            r0, c0, r1, c1 = bbox[k]
+            crop = region[r0 - lo[0] : r1 - lo[0], c0 - lo[1] : c1 - lo[1]]
+            parts = []
+            for shell, holes in object_outline(crop, ids[k], (c0, r0)):
+                rings = [np.stack([col0 + r[:, 0] / scale, row0 + r[:, 1] / scale], axis=1) for r in (shell, *holes)]
+                parts.append((rings[0], rings[1:]))
+            yield make_feature(int(ids[k]), parts, object_type, names[k] if names else "",
+                               {name: v[k] for name, v in values.items()}, id_namespace)
 
 
 def write_features(path: str | os.PathLike, features, total: int | None = None, gzip: bool | None = None,
@@ -190,9 +250,11 @@ def write_geojson(
         ``properties.objectType``: ``"detection"`` (light, default), ``"annotation"``,
         ``"cell"``, ...
     measurements : bool
-        Write ``properties.measurements``: ``"Area px"``, ``"Centroid X px"``,
-        ``"Centroid Y px"`` (full-resolution pixels, pixel centres at +0.5) and
-        ``"Class probability"`` when the table has them. Values that are not finite are left out.
+        Write ``properties.measurements``: the table columns that have a QuPath name in
+        :data:`pathosam.io.schema.COLUMNS` (:data:`MEASUREMENTS`): ``"Label id"``, ``"Area px"``,
+        ``"Centroid X px"``, ``"Centroid Y px"`` (full-resolution pixels, pixel centres at +0.5),
+        ``"Area µm^2"`` and ``"Class probability"`` when the table has them, rounded as the
+        schema says. Values that are not finite are left out.
     gzip : bool, optional
         Compress with gzip; default: when ``path`` ends with ``.gz``. The gzip header carries no
         time stamp, so identical inputs give identical bytes.

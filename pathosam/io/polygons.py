@@ -223,15 +223,23 @@ def label_outlines(labels: np.ndarray, offset: tuple[float, float] = (0, 0)) -> 
     if integral:
         row0, col0 = int(row0), int(col0)
     for index, sl in enumerate(ndimage.find_objects(labels)):
-        if sl is None:
-            continue
-        lid = index + 1
-        crop = labels[sl]
-        mask = np.zeros((crop.shape[0] + 2, crop.shape[1] + 2), bool)
-        mask[1:-1, 1:-1] = crop == lid
-        shift = np.array([sl[1].start - 1 + col0, sl[0].start - 1 + row0])
-        parts = trace_mask(mask)
-        yield lid, [(shell + shift, [h + shift for h in holes]) for shell, holes in parts]
+        if sl is not None:
+            yield index + 1, object_outline(labels[sl], index + 1, (sl[1].start, sl[0].start), (col0, row0))
+
+
+def object_outline(crop: np.ndarray, lid: int, origin: tuple[int, int] = (0, 0),
+                   offset: tuple[float, float] = (0, 0)) -> list[Part]:
+    """Exact pixel-edge outline of the pixels of ``crop`` equal to ``lid``.
+
+    ``crop``: (h, w) label array indexed [row, col] (e.g. an object's bounding box);
+    ``origin``: ``(x, y)`` = (col, row) of ``crop``'s top-left pixel in its label image;
+    ``offset``: ``(x, y)`` added on top (the label image's position in a larger image). Returns
+    one (shell, holes) per 4-connected part as :func:`trace_mask`, in (x, y) pixel corners.
+    """
+    mask = np.zeros((crop.shape[0] + 2, crop.shape[1] + 2), bool)
+    mask[1:-1, 1:-1] = crop == lid
+    shift = np.array([origin[0] - 1 + offset[0], origin[1] - 1 + offset[1]])
+    return [(shell + shift, [h + shift for h in holes]) for shell, holes in trace_mask(mask)]
 
 
 def label_polygons(labels: np.ndarray, offset: tuple[float, float] = (0, 0)) -> Iterator[tuple[int, object]]:

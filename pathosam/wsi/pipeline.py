@@ -62,7 +62,7 @@ class SlideOptions:
     ``target_mpp``: model resolution in um/px, None = no rescaling (use the slide's pixels as
     they are); ``mpp``: the slide's level-0 pixel size, overriding the metadata; ``roi``: (x, y,
     width, height) in level-0 pixels; ``tile_shape``/``halo`` in model-resolution pixels;
-    ``tta``: average the decoder maps over flips (:func:`pathosam.automatic.tile_maps`, 4x slower).
+    ``tta``: average the decoder maps over flips (:func:`pathosam.inference.tile_maps`, 4x slower).
     """
 
     target_mpp: float | None = DEFAULT_TARGET_MPP
@@ -163,7 +163,7 @@ class _Plan:
     def job(self, blocks=None, on_result=None, keep_results: bool = True) -> TiledAIS:
         import zarr
 
-        from ..automatic import postprocessing_halo
+        from ..inference import postprocessing_halo
 
         ts = self.options.tile_shape
         labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
@@ -200,16 +200,6 @@ SavedCallback = Callable[[str, int], None]
 _SUMMED = ("tiles", "tiles_through_model", "tiles_loaded", "new_blocks", "read", "model")
 
 
-def _inner_outputs(tile, inst: np.ndarray, sem: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """A tile's inner maps (3 channels, float32, compact) and class features from its model maps."""
-    from ..semantic import class_features
-    from ..tiling import tile_slices
-
-    il = (slice(None), *tile_slices(tile.inner_local))
-    maps = np.ascontiguousarray(inst[il][:3], dtype=np.float32)
-    return maps, None if sem is None else class_features(sem[il])
-
-
 def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, bar=None,
                 on_saved: SavedCallback | None = None) -> dict:
     """Post-process ``blocks`` (default: all unfinished) of a planned slide, saving each block to
@@ -218,8 +208,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     run as three overlapping stages (:mod:`.stages`), each at most two batches ahead of the next;
     the model stage saves each batch's maps before handing it on, so a kill loses at most the
     batch inside the model, and a KeyboardInterrupt none (the batch in flight is finished and saved)."""
-    from ..automatic import model_input, run_tiles
-    from ..image import to_rgb_uint8
+    from ..inference import TileInputs, input_size, run_tiles, tile_outputs
     from ..semantic import N_CLASS_FEATURES
     from .stages import background
 
@@ -257,8 +246,9 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
             saved = work.load_maps(i) if plan.has_tissue[i] else None
             if plan.has_tissue[i] and saved is None:
                 t0 = time.perf_counter()
-                rgb = geom.read(slide, tiles[i].outer)
-                pending.append((tiles[i], model_input(model, to_rgb_uint8(rgb, options.normalization))))
+                # the slide's pixels are RGB uint8 already: "none" keeps them, "minmax" stretches per tile
+                block = TileInputs(geom.read(slide, tiles[i].outer), options.normalization, input_size(model))
+                pending.append((tiles[i], block.prepared()))
                 seconds["read"] += time.perf_counter() - t0
                 if len(pending) >= options.batch_size:
                     yield "model", pending
@@ -282,9 +272,11 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
             if kind == "ready":
                 yield item
             elif kind == "model":
-                inst, sem, sec = run_tiles(model, [p[1] for p in item], options.classes, options.tta)
+                whats = ("instance", "semantic") if options.classes else ("instance",)
+                batch_maps, sec = run_tiles(model, [p[1] for p in item], whats, options.tta)
                 seconds["model"] += sec
-                out = [(p[0], *_inner_outputs(p[0], m, s)) for p, m, s in zip(item, inst, sem)]
+                sems = batch_maps.get("semantic", [None] * len(item))
+                out = [(p[0], *tile_outputs(p[0], m, s)) for p, m, s in zip(item, batch_maps["instance"], sems)]
                 for tile, maps, feats in out:
                     work.save_maps(tile.index, maps, feats)
                     if on_saved is not None:
@@ -416,7 +408,7 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         t_post0 = time.perf_counter()
         files = [f"{name}.{s}" for s in ("ome.zarr", "parquet", "geojson.gz", "tissue.png", "manifest.json")]
         with atomic_file_set(out_dir, files) as staging:
-            n = _write_outputs(plan, staging, name, options.target_mpp or options.mpp or slide.mpp, progress)
+            n = _write_outputs(plan, staging, name, options.mpp or slide.mpp, progress)
             from PIL import Image
 
             Image.fromarray((mask * 255).astype(np.uint8)).save(staging / f"{name}.tissue.png", format="PNG")
@@ -431,26 +423,27 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
 
 def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, progress: bool) -> int:
     """Merge the saved blocks one row of blocks at a time (:func:`iter_merged`) and stream the
-    label pyramid, the Parquet table and the GeoJSON; returns the number of nuclei. Memory: a few
-    rows of block results and one row of blocks of labels, whatever the number of nuclei.
-    ``out_dir`` is the staging folder of the output set (files written under their final names)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    label pyramid, the Parquet table and the GeoJSON (:mod:`pathosam.io`, the schema of image
+    outputs); returns the number of nuclei. ``mpp``: the slide's level-0 pixel size (µm/px) or
+    None. Memory: a few rows of block results and one row of blocks of labels, whatever the
+    number of nuclei. ``out_dir`` is the staging folder of the output set (files written under
+    their final names)."""
     import zarr
     from tqdm.auto import tqdm
 
-    from ..io.geojson import write_features
+    from ..io.geojson import traced_features, write_features
     from ..io.omezarr import build_pyramid, create_label_zarr
+    from ..io.table import ParquetTableWriter
 
     geom, options = plan.geom, plan.options
     th, tw = options.tile_shape
     n_rows, n_cols = -(-geom.shape[0] // th), -(-geom.shape[1] // tw)
     work = plan.workdir
     source = zarr.open_array(str(plan.work / "labels.zarr"), mode="r")
-    schema = _table_schema(options)
     count = 0
-    _, arrays = create_label_zarr(out_dir / f"{name}.ome.zarr", geom.shape, options.tile_shape, mpp)
-    writer = pq.ParquetWriter(out_dir / f"{name}.parquet", schema)
+    _, arrays = create_label_zarr(out_dir / f"{name}.ome.zarr", geom.shape, options.tile_shape,
+                                  options.target_mpp or mpp)
+    writer = ParquetTableWriter(out_dir / f"{name}.parquet", mpp=mpp is not None, classes=options.classes)
 
     def features():
         nonlocal count
@@ -459,10 +452,14 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
                              source, arrays[0], options.ais.min_size)
         for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
                                  disable=not progress):
-            table = _table(chunk, first, geom, n_cols, options)
-            writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))
+            table = _table(chunk, first, geom, options, mpp)
+            writer.write(table)
             count += len(chunk)
-            yield from _features(arrays[0], chunk, first, table, geom, tw, name)
+            # traced one block column at a time (a region of about 3 x 3 blocks), grouped by the
+            # block holding each nucleus' anchor
+            block_col = (chunk.anchor % geom.shape[1]) // tw
+            yield from traced_features(arrays[0], chunk.bbox, table, block_col, offset=(geom.roi[1], geom.roi[0]),
+                                       scale=geom.scale, id_namespace=name)
 
     try:
         write_features(out_dir / f"{name}.geojson.gz", features(), progress=False)
@@ -472,93 +469,19 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
     return count
 
 
-def _table_schema(options: SlideOptions):
-    import pyarrow as pa
+def _table(nuclei: Nuclei, first: int, geom: Geometry, options: SlideOptions, mpp: float | None):
+    """Per-nucleus table (:mod:`pathosam.io.schema`) of merged nuclei with ids ``first..``, in
+    level-0 pixels (x = column, y = row, pixel edges); ``area_um2`` when ``mpp`` (level-0 µm/px)
+    is known."""
+    from ..io.table import nuclei_table
+    from ..semantic import classes_from_sums
 
-    cols = [("id", pa.uint32()), ("centroid_x", pa.float64()), ("centroid_y", pa.float64()),
-            ("area", pa.float64()), ("bbox_x0", pa.int64()), ("bbox_y0", pa.int64()), ("bbox_x1", pa.int64()),
-            ("bbox_y1", pa.int64()), ("tile", pa.int64())]
-    if options.target_mpp:
-        cols.append(("area_um2", pa.float64()))
+    classes = probabilities = None
     if options.classes:
-        cols += [("class_id", pa.int64()), ("class_name", pa.string()), ("class_probability", pa.float64())]
-    return pa.schema(cols)
-
-
-def _table(nuclei: Nuclei, first: int, geom: Geometry, n_cols: int, options: SlideOptions):
-    """Per-nucleus table rows (ids ``first..``) in level-0 pixels (and um^2 when the pixel size
-    is known); ``tile`` = the block holding the nucleus' anchor."""
-    import pandas as pd
-
-    from ..semantic import CLASS_NAMES, classes_from_sums
-
-    n = len(nuclei)
-    cx, cy = geom.to_level0(nuclei.centroid[:, 0] + 0.5, nuclei.centroid[:, 1] + 0.5)
-    bx0, by0 = geom.to_level0(nuclei.bbox[:, 0], nuclei.bbox[:, 1])
-    bx1, by1 = geom.to_level0(nuclei.bbox[:, 2], nuclei.bbox[:, 3])
-    th, tw = options.tile_shape
-    row, col = np.divmod(nuclei.anchor, geom.shape[1])
-    df = pd.DataFrame({
-        "id": np.arange(first, first + n, dtype=np.uint32),
-        "centroid_x": cx, "centroid_y": cy,
-        "area": nuclei.area / geom.scale**2,  # level-0 px
-        "bbox_x0": np.floor(bx0).astype(np.int64), "bbox_y0": np.floor(by0).astype(np.int64),
-        "bbox_x1": np.ceil(bx1).astype(np.int64), "bbox_y1": np.ceil(by1).astype(np.int64),
-        "tile": ((row // th) * n_cols + col // tw).astype(np.int64),
-    })
-    if options.target_mpp:
-        df["area_um2"] = nuclei.area * options.target_mpp**2
-    if options.classes:
-        classes, probs = classes_from_sums(nuclei.features)
-        df["class_id"] = classes[1:].astype(np.int64)
-        df["class_name"] = [CLASS_NAMES.get(int(c), "") for c in classes[1:]]
-        df["class_probability"] = probs[1:]
-    return df
-
-
-def _features(labels, nuclei: Nuclei, first: int, table, geom: Geometry, tile_cols: int, name: str):
-    """One QuPath Feature per nucleus of the chunk (ids ``first..``), in level-0 pixel-corner
-    coordinates, traced from the final label array block column by block column (grouped by
-    the block holding the anchor, ids increasing within a group)."""
-    if not len(nuclei):
-        return
-    table_cols = {"classes": table["class_name"].tolist() if "class_name" in table else None,
-                  "probs": table["class_probability"].to_numpy() if "class_probability" in table else None,
-                  "area": table["area"].to_numpy(), "cx": table["centroid_x"].to_numpy(),
-                  "cy": table["centroid_y"].to_numpy()}
-    block_col = (nuclei.anchor % geom.shape[1]) // tile_cols
-    for b in np.unique(block_col):  # one block column at a time: a region of about 3 x 3 blocks
-        group = np.flatnonzero(block_col == b)
-        lo = nuclei.bbox[group, :2].min(axis=0)
-        hi = nuclei.bbox[group, 2:].max(axis=0)
-        region = np.asarray(labels[lo[0] : hi[0], lo[1] : hi[1]])
-        yield from _group_features(region, lo, group, nuclei, first, table_cols, geom, name)
-
-
-def _group_features(region, lo, group, nuclei: Nuclei, first: int, cols: dict, geom: Geometry, name: str):
-    """Features of the nuclei ``group`` (indices into the chunk) from ``region``, the final labels
-    from (row, col) ``lo`` on."""
-    from ..io.geojson import make_feature
-    from ..io.polygons import trace_mask
-
-    classes, probs, area, cx, cy = cols["classes"], cols["probs"], cols["area"], cols["cx"], cols["cy"]
-    for k in group:
-        label = first + k
-        r0, c0, r1, c1 = nuclei.bbox[k] - np.array([lo[0], lo[1], lo[0], lo[1]])
-        m = np.zeros((r1 - r0 + 2, c1 - c0 + 2), bool)
-        m[1:-1, 1:-1] = region[r0:r1, c0:c1] == label
-        parts = []
-        for shell, holes in trace_mask(m):
-            conv = []
-            for ring in (shell, *holes):
-                x, y = geom.to_level0(ring[:, 1] + nuclei.bbox[k, 0] - 1, ring[:, 0] + nuclei.bbox[k, 1] - 1)
-                conv.append(np.round(np.stack([x, y], axis=1), 3))
-            parts.append((conv[0], conv[1:]))
-        meas = {"Label id": int(label), "Area px": float(area[k]), "Centroid X px": round(float(cx[k]), 3),
-                "Centroid Y px": round(float(cy[k]), 3)}
-        if probs is not None:
-            meas["Class probability"] = round(float(probs[k]), 6)
-        yield make_feature(int(label), parts, "detection", classes[k] if classes else "", meas, name)
+        classes, probabilities = (v[1:] for v in classes_from_sums(nuclei.features))
+    return nuclei_table(np.arange(first, first + len(nuclei)), nuclei.area, nuclei.centroid, nuclei.bbox,
+                        offset=(geom.roi[1], geom.roi[0]), scale=geom.scale, mpp=mpp, classes=classes,
+                        probabilities=probabilities)
 
 
 def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seconds: dict, thumb_ds: float,
