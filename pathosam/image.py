@@ -1,14 +1,21 @@
-"""Input contract and SAM preprocessing.
+"""Input contract and SAM preprocessing: the one image reader and the one conversion rule.
 
-Every image enters through :func:`to_rgb_uint8` (HxW, HxWx1/2/3/4 of any integer or float
+Every image file is read by :func:`read_image` (format sniffed from the content, any failure one
+:class:`ImageReadError` naming the file; :data:`IMAGE_SUFFIXES` are the suffixes looked for in
+folders), every image enters through :func:`to_rgb_uint8` (HxW, HxWx1/2/3/4 of any integer or float
 dtype -> RGB uint8 HxWx3) and reaches the model through :func:`prepare_input` (resize of the
 longest side to the model input size, 1024 for SAM (``PathoSAM.img_size``), with PIL bilinear,
 exactly as SAM's ``ResizeLongestSide``). SAM's mean/std normalisation and zero padding happen in
-:meth:`pathosam.models.sam.Sam.preprocess`.
+:meth:`pathosam.models.sam.Sam.preprocess`. Inference, evaluation, training data and the dataset
+readers all use this rule.
 
 Normalisation modes (``normalization=``):
-  * ``"none"`` (default): RGB uint8 passes unchanged, as PathoSAM was trained and evaluated
-    (micro-sam <= 1.6). Other dtypes are min-max scaled to 0..255 over the whole image.
+  * ``"none"`` (default): 8-bit values pass unchanged, as PathoSAM was trained and evaluated
+    (micro-sam <= 1.6): RGB uint8 as it is, and an image of another dtype whose values are all
+    whole numbers in 0..255 (a uint16 TIFF or PanNuke's float64 arrays holding 8-bit data) is cast
+    exactly, never stretched. Any other image (values above 255, negative or fractional, e.g.
+    16-bit or 0..1 float data) is min-max scaled to 0..255 over the whole image. The cast
+    is per pixel, so it does not depend on tiling; the scaling does.
   * ``"minmax"``: every channel is min-max stretched to 0..255 (float32, truncated to uint8),
     per image or per tile: what micro-sam >= 1.7 does (and what the reference vectors used).
 """
@@ -26,6 +33,9 @@ from PIL import Image
 Normalization = Literal["none", "minmax"]
 NORMALIZATIONS = ("none", "minmax")
 LONG_SIDE = 1024
+#: Suffixes of the image files looked for in folders (``pathosam segment DIR``, dataset folders);
+#: :func:`read_image` itself reads by content, whatever the suffix.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 def check_image(image: np.ndarray, name: str = "image") -> None:
@@ -74,8 +84,10 @@ def to_rgb_uint8(image: np.ndarray, normalization: Normalization = "none", name:
         return _minmax_per_channel(image)
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
+    lo, hi = image.min(), image.max()
+    if lo >= 0 and hi <= 255 and (image.dtype.kind in "ui" or np.array_equal(image, np.round(image))):
+        return image.astype(np.uint8)  # 8-bit values in another dtype: cast, not stretched
     x = image.astype(np.float64)
-    lo, hi = x.min(), x.max()
     x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     return (x * 255).astype(np.uint8)
 
@@ -183,7 +195,7 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     return image
 
 
-def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
+def _read_pillow(path: Path, max_pixels: int, labels: bool = False) -> np.ndarray:
     try:
         im = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as err:  # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) is lower
@@ -196,6 +208,8 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     with im:
         _check_size(im.size[0] * im.size[1], max_pixels, f"{im.size[0]} x {im.size[1]} px")
         im.load()  # decodes: raises on truncated or corrupt data
+        if labels:  # pixel values as stored: a palette image gives its indices
+            return np.asarray(im.convert("L") if im.mode == "1" else im)
         if im.mode not in ("L", "RGB", "RGBA", "I;16", "I", "F"):
             im = im.convert("RGB")
         return np.asarray(im)
@@ -212,13 +226,14 @@ def describe_error(err: BaseException) -> str:
     return f"{kind}: {text}" if text and kind not in ("ImageReadError", "ValueError", "OSError") else (text or kind)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, labels: bool = False) -> np.ndarray:
     """Read an image file into memory as an array (H, W[, C]), whatever its suffix says.
 
     TIFF (by its header bytes) is read with tifffile, everything else with Pillow (PNG, JPEG,
     BMP, ...). Before decoding, the declared size is checked against ``max_pixels`` (a
     decompression bomb is refused without allocating it) and a TIFF's strips against the file
-    size (a truncated TIFF is refused, not zero-filled).
+    size (a truncated TIFF is refused, not zero-filled). ``labels``: read a label image, pixel
+    values as stored (palette images give their indices, not colours; any dtype).
 
     Raises
     ------
@@ -236,8 +251,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     try:
         if path.stat().st_size == 0:
             raise ImageReadError("the file is empty")
-        image = _read_tiff(path, max_pixels) if is_tiff(path) else _read_pillow(path, max_pixels)
-        check_image(image, str(path))
+        image = _read_tiff(path, max_pixels) if is_tiff(path) else _read_pillow(path, max_pixels, labels)
+        if not labels:
+            check_image(image, str(path))
+        elif image.size == 0:
+            raise ImageReadError(f"the image is empty (shape {image.shape})")
     except ImageReadError as err:
         raise ImageReadError(f"{path}: cannot read this file as an image: {err}") from None
     except Exception as err:  # noqa: BLE001 - the rule above: any decoder failure is the file's

@@ -105,6 +105,21 @@ def get(name: str) -> ModelEntry:
     return MODELS[name]
 
 
+def entry_of_file(digest: str) -> ModelEntry | None:
+    """The registered entry whose file has the xxh128 hex ``digest`` (:func:`file_hash`), or None:
+    how a registered model's file loaded by its path is recognised."""
+    for entry in MODELS.values():
+        if entry.hash == f"xxh128:{digest}":
+            return entry
+    return None
+
+
+def ais_defaults(entry: ModelEntry | None) -> dict[str, float | str]:
+    """The AIS parameters ``entry`` recommends over the reference's defaults ({} for None): applied
+    to the model however it was loaded (by registry name, or its file by path: :func:`entry_of_file`)."""
+    return dict(entry.ais_defaults) if entry is not None else {}
+
+
 def cache_dir() -> Path:
     """Root of the cache: ``$PATHOSAM_CACHE_DIR`` or the user cache directory."""
     env = os.environ.get("PATHOSAM_CACHE_DIR")

@@ -29,8 +29,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", help="split of the validation data (of --val-data, else of --data)")
     p.add_argument("--mode", choices=["ais", "amg", "interactive-point", "interactive-box"], default="ais")
     p.add_argument("--grid", choices=["reference", "quick"], default="reference",
-                   help="grid to search with validation data: the reference's (450 AIS / 195 AMG settings) "
-                        "or a quick coarse one")
+                   help="grid to search with validation data: the reference's (450 AIS / 195 AMG settings; "
+                        "for a model with shape seeds such as pathosam_small its seed parameters and size "
+                        "filter, 144 settings) or a quick coarse one")
     p.add_argument("--max-images", type=int, help="only the first N test (and validation) images")
     p.add_argument("--pad-to", type=pair, help="zero-pad smaller images to this size, e.g. 512 (the reference "
                                                "pads 256 px PanNuke/NuClick/SRSA-Net images for ViT models)")
@@ -38,7 +39,10 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--halo", type=pair, help="halo per side in pixels (default 64)")
     p.add_argument("--no-tiling", action="store_true", help="never tile")
     p.add_argument("--tta", action="store_true", help="AIS: average the decoder maps over flips (4x slower)")
-    p.add_argument("--points-per-side", type=int, default=32, help="AMG point grid per image or tile (32)")
+    from ..instances.params import AMGParams
+    from .segment import add_parameter_options
+
+    add_parameter_options(p, AMGParams, only=("points_per_side",), default_none=False)
     p.add_argument("--iterations", type=int, default=8, help="interactive: initial prompt + corrections (8)")
     p.add_argument("--use-masks", action="store_true", help="interactive: feed back the previous mask logits")
     p.add_argument("--max-objects", type=int, help="interactive: prompt a seeded subset of objects (not the "
@@ -87,13 +91,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.mode.startswith("interactive"):
         from ..evaluation.interactive import evaluate_interactive
-        from ..evaluation.report import _csv, write_iteration_report
+        from ..evaluation.report import write_iteration_report
+        from ..io.table import write_table
 
         start = args.mode.split("-")[1]
         per_image, means = evaluate_interactive(model, test, start, args.iterations, args.use_masks, args.seed,
                                                 max_objects=args.max_objects, progress=progress)
         out.mkdir(parents=True, exist_ok=True)
-        _csv(per_image, out / "per_image.csv")
+        write_table(per_image, csv_path=out / "per_image.csv")
         files = write_iteration_report(means.to_dict("records"), out, start, args.use_masks)
         last = means.iloc[-1] if len(means) else None
         summary = {**info, "mode": args.mode, "n_images": int(per_image["name"].nunique()),
@@ -104,10 +109,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{line}; report: {files['csv']}", file=sys.stdout)
         return 0
 
-    from ..evaluation.automatic import AMG_GRID, AIS_GRID, QUICK_GRIDS, evaluate_automatic
+    from ..automatic import ais_params
+    from ..evaluation.automatic import default_grid, evaluate_automatic
     from ..evaluation.report import write_automatic_report
 
-    grid = QUICK_GRIDS[args.mode] if args.grid == "quick" else (AIS_GRID if args.mode == "ais" else AMG_GRID)
+    # the model's own seed rule is searched (pathosam_small: shape seeds and its size filter)
+    grid = default_grid(args.mode, ais_params(model).seeds, quick=args.grid == "quick")
     tile_shape = None if args.no_tiling else (args.tile_shape or "auto")
     ev = evaluate_automatic(model, test, args.mode, val=val, grid=grid, tile_shape=tile_shape, halo=args.halo,
                             pad_to=args.pad_to, points_per_side=args.points_per_side,

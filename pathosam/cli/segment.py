@@ -9,21 +9,39 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 from .common import (EXIT_FAILURE, EXIT_OK, UsageError, add_model_arguments, checked_output_dir, error,
                      load_model_from_args, pair)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-AIS_OPTIONS = ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold",
-               "foreground_smoothing", "distance_smoothing", "min_size", "seeds", "seed_dynamic",
-               "seed_center_weight")
-AMG_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-               "box_nms_thresh", "min_mask_region_area", "min_object_size")
+from ..instances.params import AISParams, AMGParams, parameter_help
+
+
+def add_parameter_options(group: argparse._ArgumentGroup, cls: type, only: Sequence[str] | None = None,
+                          default_none: bool = True) -> None:
+    """One option per field of ``cls`` (:class:`AISParams` / :class:`AMGParams`), or of the fields
+    named in ``only``: ``--field-name``, typed like the field's default, with its choices and its
+    help line (help, default, unit). With ``default_none`` the option's value is None when not
+    given (so that a model's own defaults can apply), else the field's default."""
+    for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        kind = ({"choices": f.metadata["choices"]} if f.metadata.get("choices") else
+                {"type": type(f.default), "metavar": "N" if isinstance(f.default, int) else "X"})
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=parameter_help(f),
+                           default=None if default_none else f.default, **kind)
+
+
+def parameter_values(args: argparse.Namespace, cls: type) -> dict:
+    """The options of :func:`add_parameter_options` that were given: ``{field: value}``."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def _expand_inputs(items: Sequence[str]) -> list[str]:
     """Files as given; directories replaced by their image files (sorted, not recursive)."""
     from pathlib import Path
+
+    from ..image import IMAGE_SUFFIXES
 
     files: list[str] = []
     for item in items:
@@ -98,15 +116,12 @@ def _segment(args: argparse.Namespace) -> int:
         raise UsageError("--halo cannot be combined with --no-tiling")
     if args.tta and args.mode != "ais":
         raise UsageError("--tta averages the AIS decoder maps: it needs --mode ais")
-    params = {k: getattr(args, k) for k in (AIS_OPTIONS if args.mode == "ais" else AMG_OPTIONS)
-              if getattr(args, k) is not None}
-    if args.mode == "ais":  # bad post-processing values: say so before loading the model
-        from ..instances.tiled import AISParams
-
-        try:
-            AISParams(**params)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+    cls = AISParams if args.mode == "ais" else AMGParams
+    params = parameter_values(args, cls)
+    try:  # bad post-processing values: say so before loading the model
+        cls(**params)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     checked_output_dir(args.output)  # a bad -o is found before any work
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
@@ -154,8 +169,9 @@ def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, cl
 
     if args.mode != "ais":
         raise ValueError("whole slides are segmented with --mode ais")
-    params = {k: getattr(args, k) for k in AIS_OPTIONS if getattr(args, k) is not None}
-    from ..automatic import ais_params, auto_tiling
+    params = parameter_values(args, AISParams)
+    from ..automatic import ais_params
+    from ..inference import auto_tiling
 
     _, auto_tile, auto_halo = auto_tiling(model.img_size)  # 384 + 64 for SAM-size models
     options = SlideOptions(
@@ -205,28 +221,11 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                         "smoother outlines, fewer split nuclei)")
     p.add_argument("--formats", default="tif,geojson,csv,parquet",
                    help="comma-separated outputs among tif, geojson, geojson.gz, csv, parquet (default: all but .gz)")
-    g = p.add_argument_group("AIS post-processing (defaults: the reference's, or the registered model's own, "
-                             "e.g. pathosam_small's size filter; see `pathosam models list`)")
-    g.add_argument("--center-distance-threshold", type=float, help="seed threshold on the centre distance (0.5)")
-    g.add_argument("--boundary-distance-threshold", type=float, help="seed threshold on the boundary distance (0.5)")
-    g.add_argument("--foreground-threshold", type=float, help="foreground probability threshold (0.5)")
-    g.add_argument("--foreground-smoothing", type=float, help="Gaussian sigma of the foreground map, px (1.0)")
-    g.add_argument("--distance-smoothing", type=float, help="Gaussian sigma of the distance maps, px (1.6)")
-    g.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels (0)")
-    g.add_argument("--seeds", choices=["distance", "shape"],
-                   help="distance: the reference's seeds (both distance thresholds); shape: maxima of the "
-                        "foreground's distance transform, one seed per blob (pathosam_small's default)")
-    g.add_argument("--seed-dynamic", type=float, help="shape seeds: minimum height of a maximum, px (2)")
-    g.add_argument("--seed-center-weight", type=float,
-                   help="shape seeds: weight of the centre distance map, px (10; 0 = mask shape only)")
-    g = p.add_argument_group("AMG (SAM defaults)")
-    g.add_argument("--points-per-side", type=int, help="point grid per image or tile (32)")
-    g.add_argument("--points-per-batch", type=int, help="points per mask-decoder call (64)")
-    g.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU (0.88)")
-    g.add_argument("--stability-score-thresh", type=float, help="minimum stability score (0.95)")
-    g.add_argument("--box-nms-thresh", type=float, help="box NMS IoU threshold (0.7)")
-    g.add_argument("--min-mask-region-area", type=int, help="remove holes/islands below this area (0)")
-    g.add_argument("--min-object-size", type=int, help="drop objects below this many pixels (0)")
+    g = p.add_argument_group("AIS post-processing (defaults: the registered model's own where it has them, "
+                             "e.g. pathosam_small's shape seeds and 100 px size filter, whether named or "
+                             "loaded by file; else the reference's, shown here)")
+    add_parameter_options(g, AISParams)
+    add_parameter_options(p.add_argument_group("AMG (SAM automatic mask generation)"), AMGParams)
     g = p.add_argument_group("whole slides (SVS, NDPI, MRXS, ... and pyramidal or very large TIFF)")
     g.add_argument("--target-mpp", type=float, default=0.25,
                    help="model resolution in um/px; slides are rescaled to it (default 0.25 = 40x)")

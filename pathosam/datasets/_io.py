@@ -1,5 +1,6 @@
-"""Reading pixels for the dataset readers: images -> RGB uint8, label arrays -> consecutive uint32
-instance labels, MATLAB files, polygon rasterisation."""
+"""Reading pixels for the dataset readers: images -> RGB uint8 (the one reader and conversion rule
+of :mod:`pathosam.image`), label arrays -> consecutive uint32 instance labels, MATLAB files,
+polygon rasterisation."""
 
 from __future__ import annotations
 
@@ -9,89 +10,34 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".npy")
+from ..image import IMAGE_SUFFIXES, read_image, to_rgb_uint8
+from ..relabel import integer_ids, relabel_consecutive
+
+__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "as_integer_labels", "loadmat", "mat_variables", "polygon_pixels",
+           "read_array", "read_instances", "read_rgb", "relabel_consecutive", "to_rgb_uint8"]
+
+#: Label image files: the image suffixes without the lossy JPEG, and numpy arrays.
+LABEL_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".jpg", ".jpeg")) + (".npy",)
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """Pixels of an image/array file as stored: TIFF (tifffile), ``.npy`` (numpy), others (Pillow;
-    palette images give their indices)."""
+    """Pixels of a label image/array file as stored: ``.npy`` (numpy), else
+    :func:`pathosam.image.read_image` with ``labels=True`` (palette images give their indices)."""
     path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return read_image(path, labels=True)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.mode in ("1",):
-                im = im.convert("L")
-            return np.asarray(im)
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the file ({exc})") from exc
 
 
-def to_rgb(image: np.ndarray, what: str) -> np.ndarray:
-    """Any HxW / HxWxC / CxHxW image -> (H, W, 3) uint8 RGB.
-
-    Gray is repeated, alpha (4th channel) dropped. uint8 passes unchanged; integer or float images
-    whose values are whole numbers in 0..255 (e.g. PanNuke's float64 ``images.npy``) are cast
-    exactly; anything else is min-max scaled over the whole image (as :mod:`pathosam.image`).
-    """
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or 0 in a.shape:
-        raise ValueError(f"{what}: expected an image of shape HxW, HxWx3 or HxWx4, got {a.shape}")
-    if a.dtype == bool or a.dtype.kind not in "uif":
-        raise ValueError(f"{what}: unsupported pixel type {a.dtype}")
-    c = a.shape[2]
-    if c == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif c == 2:  # gray + alpha
-        a = np.repeat(a[..., :1], 3, axis=2)
-    elif c == 4:
-        a = a[..., :3]
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError(f"{what}: the image contains NaN or infinite values")
-    lo, hi = a.min(), a.max()
-    if lo >= 0 and hi <= 255 and (a.dtype.kind in "ui" or np.array_equal(a, np.round(a))):
-        return a.astype(np.uint8)
-    x = a.astype(np.float64)
-    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-    return (x * 255).astype(np.uint8)
-
-
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB (see :func:`to_rgb`)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff", ".npy"):
-        from PIL import Image
-
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as im:
-                if im.mode == "P":  # palette image: real colours
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGB")
-                arr = np.asarray(im)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read the image ({exc})") from exc
-    else:
-        arr = read_array(path)
-    return to_rgb(arr, str(path))
+    """Read an image file as (H, W, 3) uint8 RGB: :func:`pathosam.image.read_image` then
+    :func:`pathosam.image.to_rgb_uint8`."""
+    return to_rgb_uint8(read_image(path), name=str(path))
 
 
 def as_integer_labels(a: np.ndarray, what: str) -> np.ndarray:
@@ -101,41 +47,10 @@ def as_integer_labels(a: np.ndarray, what: str) -> np.ndarray:
         a = a[..., 0]
     if a.ndim != 2:
         raise ValueError(f"{what}: expected a 2-D label image, got shape {a.shape}")
-    if a.dtype == bool:
-        return a.astype(np.int64)
-    if a.dtype.kind == "f":
-        if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
-            raise ValueError(f"{what}: label image of dtype {a.dtype} has non-integer values")
-    elif a.dtype.kind not in "ui":
-        raise ValueError(f"{what}: unsupported label dtype {a.dtype}")
-    if a.size and a.min() < 0:
-        raise ValueError(f"{what}: label image has negative values")
-    return a.astype(np.int64)
-
-
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Renumber the non-zero ids of ``labels`` to 1..N in increasing order of the old ids -> uint32.
-
-    The partition into objects is unchanged (same pixels per object); 0 stays background.
-    """
-    lab = np.asarray(labels)
-    if lab.dtype == bool or lab.dtype.kind not in "ui" or lab.dtype == np.uint64:
-        lab = as_integer_labels(lab, "labels")
-    if lab.size == 0:
-        return lab.astype(np.uint32)
-    top = int(lab.max())
-    if top == 0:
-        return np.zeros(lab.shape, np.uint32)
-    if top <= 4 * lab.size + 65536:
-        present = np.bincount(lab.ravel(), minlength=top + 1) > 0
-        present[0] = False
-        lut = np.cumsum(present).astype(np.uint32)
-        if int(lut[-1]) == top:  # already 1..N
-            return lab.astype(np.uint32)
-        return lut[lab]
-    ids, inverse = np.unique(lab, return_inverse=True)
-    new = np.arange(len(ids), dtype=np.uint32) + (0 if ids[0] == 0 else 1)
-    return new[inverse.reshape(lab.shape)]
+    try:
+        return integer_ids(a).astype(np.int64)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
 
 
 def read_instances(path: str | os.PathLike) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label as connected_components
 
-from ._io import as_integer_labels, read_rgb, relabel_consecutive, to_rgb
+from ._io import as_integer_labels, read_rgb, relabel_consecutive, to_rgb_uint8
 from .base import Dataset, Entry, Sample, Tree, natural_key, register
 from .folder import match_by_stem
 from .masks import _image_files
@@ -61,7 +61,7 @@ class LyNSeCDataset(Dataset):
         arr = np.load(p, mmap_mode="r")
         if arr.ndim != 3 or arr.shape[2] != 4:
             raise ValueError(f"{p}: expected an (H, W, 4) array (RGB + instance labels), got {arr.shape}")
-        image = to_rgb(np.asarray(arr[..., :3]), str(p))
+        image = to_rgb_uint8(np.asarray(arr[..., :3]), name=str(p))
         labels = relabel_consecutive(as_integer_labels(np.asarray(arr[..., 3]), f"{p} (channel 3)"))
         return Sample(entry.stem, image, labels)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import as_integer_labels, relabel_consecutive, to_rgb
+from ._io import as_integer_labels, relabel_consecutive, to_rgb_uint8
 from .base import Dataset, Entry, Sample, Tree, register
 
 CLASS_NAMES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
@@ -122,7 +122,7 @@ class PanNukeDataset(Dataset):
 
     def _read(self, entry: Entry) -> Sample:
         i = entry.meta["index"]
-        image = to_rgb(np.asarray(self._array(entry.paths["images"])[i]), f"{entry.paths['images']}[{i}]")
+        image = to_rgb_uint8(np.asarray(self._array(entry.paths["images"])[i]), name=f"{entry.paths['images']}[{i}]")
         masks = np.asarray(self._array(entry.paths["masks"])[i])
         labels, classes = channels_to_instances(masks[..., :5], f"{entry.paths['masks']}[{i}]")
         return Sample(entry.stem, image, labels, classes, CLASS_NAMES)

@@ -16,7 +16,8 @@ _METRICS = (
 )
 _PROTOCOLS = {
     "evaluate_automatic": "automatic", "score_labels": "automatic", "prepare_groundtruth": "automatic",
-    "AIS_GRID": "automatic", "AMG_GRID": "automatic", "AutomaticEvaluation": "automatic",
+    "AIS_GRID": "automatic", "AIS_SHAPE_GRID": "automatic", "AMG_GRID": "automatic", "default_grid": "automatic",
+    "AutomaticEvaluation": "automatic",
     "run_interactive": "interactive", "evaluate_interactive": "interactive", "object_prompts": "interactive",
     "InteractiveResult": "interactive", "write_automatic_report": "report", "write_interactive_report": "interactive",
 }

@@ -6,8 +6,12 @@ segments the test split with the best setting (``pathosam-reference.md`` §3.1, 
 
 - AIS: centre and boundary distance thresholds 0.3..0.7 (step 0.1), distance smoothing 1.0..2.0
   (step 0.2), ``min_size`` in {50, 100, 200}; foreground threshold / smoothing at their defaults
-  (450 settings). The model runs once per image; only post-processing is repeated, and each
-  smoothing is computed once per image.
+  (450 settings). The model runs once per image; only post-processing is repeated
+  (:func:`pathosam.instances.ais.ais_from_maps_settings`: each smoothing once per image, one
+  watershed per seed setting, ``min_size`` filtering its result). Parameters outside the grid are
+  the model's own (:func:`pathosam.automatic.ais_params`: pathosam_small's shape seeds and size
+  filter), and a model with shape seeds is searched over its own seed parameters
+  (:data:`AIS_SHAPE_GRID`; the reference has no shape seeds): :func:`default_grid`.
 - AMG: predicted-IoU threshold 0.6..0.9 and stability threshold 0.6..0.95 (step 0.025; 195
   settings). The expensive point-grid stage runs once per image with pre-filters at the grid's
   minimum; only the filtering, NMS and merging are repeated.
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..instances.params import AMG_DEFAULTS, AISParams
 from .metrics import DEFAULT_THRESHOLDS
 
 #: The reference's AIS grid (micro-sam ``default_grid_search_values_instance_segmentation_with_decoder``).
@@ -32,6 +37,16 @@ AIS_GRID: dict[str, tuple] = {
     "center_distance_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
     "boundary_distance_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
     "distance_smoothing": (1.0, 1.2, 1.4, 1.6, 1.8, 2.0),
+    "min_size": (50, 100, 200),
+}
+#: The AIS grid of models whose seeds are ``"shape"`` (pathosam_small; not the reference's, which
+#: has no shape seeds): the seed parameters around their defaults (dynamic 2 px, centre weight
+#: 10 px), the distance smoothing and the size filter around pathosam_small's 100 px (144 settings).
+AIS_SHAPE_GRID: dict[str, tuple] = {
+    "seeds": ("shape",),
+    "distance_smoothing": (1.2, 1.6, 2.0),
+    "seed_dynamic": (1.0, 2.0, 3.0, 4.0),
+    "seed_center_weight": (0.0, 5.0, 10.0, 20.0),
     "min_size": (50, 100, 200),
 }
 #: The reference's AMG grid (micro-sam ``default_grid_search_values_amg``).
@@ -43,8 +58,22 @@ AMG_GRID: dict[str, tuple] = {
 QUICK_GRIDS: dict[str, dict[str, tuple]] = {
     "ais": {"center_distance_threshold": (0.4, 0.5, 0.6), "boundary_distance_threshold": (0.4, 0.5, 0.6),
             "distance_smoothing": (1.6,), "min_size": (0, 50)},
-    "amg": {"pred_iou_thresh": (0.7, 0.88), "stability_score_thresh": (0.8, 0.95)},
+    "ais_shape": {"seeds": ("shape",), "seed_dynamic": (1.0, 2.0, 3.0), "seed_center_weight": (5.0, 10.0, 20.0),
+                  "min_size": (50, 100)},
+    "amg": {"pred_iou_thresh": (0.7, AMG_DEFAULTS.pred_iou_thresh),
+            "stability_score_thresh": (0.8, AMG_DEFAULTS.stability_score_thresh)},
 }
+
+
+def default_grid(mode: str, seeds: str = "distance", quick: bool = False) -> dict[str, tuple]:
+    """The grid searched for ``mode`` ("ais" / "amg") and, for AIS, a model whose seed rule is
+    ``seeds`` (its :func:`pathosam.automatic.ais_params`): the reference's grid, or for shape seeds
+    :data:`AIS_SHAPE_GRID`; ``quick``: the coarse :data:`QUICK_GRIDS`."""
+    if mode == "amg":
+        return dict(QUICK_GRIDS["amg"] if quick else AMG_GRID)
+    if seeds == "shape":
+        return dict(QUICK_GRIDS["ais_shape"] if quick else AIS_SHAPE_GRID)
+    return dict(QUICK_GRIDS["ais"] if quick else AIS_GRID)
 
 
 def prepare_groundtruth(labels: np.ndarray) -> np.ndarray:
@@ -79,37 +108,25 @@ def _grid(grid: Mapping[str, Sequence]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- AIS
 def ais_grid_labels(maps: np.ndarray, grid: Mapping[str, Sequence] = AIS_GRID,
-                    foreground_threshold: float = 0.5, foreground_smoothing: float = 1.0):
+                    base: AISParams | Mapping | None = None):
     """Yield ``(params, labels)`` for every setting of ``grid`` on one image's (3, H, W) maps,
-    equal to :func:`pathosam.instances.ais_from_maps` with those parameters (untiled), sharing
-    the smoothing and watershed work between settings."""
-    from skimage.measure import label
+    equal to :func:`pathosam.instances.ais_from_maps` with those parameters (untiled).
 
-    from ..instances.ais import _relabel_consecutive, _smooth, check_maps, seeded_watershed
+    A setting is ``base`` (an :class:`AISParams` or a mapping of its fields; default the
+    reference's defaults; in :func:`evaluate_automatic` the model's parameters) with the grid
+    point's values; ``params`` is the dict of all its fields. Settings are enumerated with the
+    grid's keys in :data:`pathosam.instances.ais.SHARING_ORDER` (smoothing outermost, ``min_size``
+    innermost) so that neighbours share smoothing and watershed work."""
+    from dataclasses import asdict, replace
 
-    maps = check_maps(maps)
-    grid = {**{"center_distance_threshold": (0.5,), "boundary_distance_threshold": (0.5,),
-               "distance_smoothing": (1.6,), "min_size": (0,)}, **grid}
-    fg = _smooth(maps[0], foreground_smoothing) if foreground_smoothing > 0 else maps[0]
-    fg_mask = fg > foreground_threshold
-    for sigma in grid["distance_smoothing"]:
-        cd = _smooth(maps[1], sigma)
-        bd = _smooth(maps[2], sigma)
-        for tc, tb in itertools.product(grid["center_distance_threshold"], grid["boundary_distance_threshold"]):
-            seeds = label((cd < tc) & (bd < tb) & fg_mask, connectivity=2)
-            ws = seeded_watershed(bd, seeds, fg_mask)
-            sizes = np.bincount(ws.ravel())
-            for min_size in grid["min_size"]:
-                seg = ws
-                if min_size > 0:
-                    small = sizes < min_size
-                    small[0] = False
-                    seg = np.where(small[ws], 0, ws)
-                params = {"center_distance_threshold": tc, "boundary_distance_threshold": tb,
-                          "foreground_threshold": foreground_threshold,
-                          "foreground_smoothing": foreground_smoothing, "distance_smoothing": sigma,
-                          "min_size": min_size}
-                yield params, _relabel_consecutive(seg)
+    from ..instances.ais import SHARING_ORDER, ais_from_maps_settings
+
+    if not isinstance(base, AISParams):
+        base = AISParams(**(base or {}))
+    keys = sorted(grid, key=lambda k: SHARING_ORDER.index(k) if k in SHARING_ORDER else -1)
+    settings = [replace(base, **point) for point in _grid({k: grid[k] for k in keys})]
+    for p, seg in ais_from_maps_settings(maps, settings):
+        yield asdict(p), seg
 
 
 # ---------------------------------------------------------------------------------------------- AMG
@@ -178,7 +195,7 @@ def evaluate_automatic(
     tile_shape="auto",
     halo=None,
     pad_to: tuple[int, int] | None = None,
-    points_per_side: int = 32,
+    points_per_side: int = AMG_DEFAULTS.points_per_side,
     keep_predictions: int = 4,
     progress: bool = True,
     on_image: Callable[[dict], None] | None = None,
@@ -196,9 +213,12 @@ def evaluate_automatic(
         ``params`` or the defaults).
     mode : {"ais", "amg"}
     grid : mapping, optional
-        Grid to search (default :data:`AIS_GRID` / :data:`AMG_GRID`).
+        Grid to search (default :func:`default_grid` of the mode and the model's seed rule:
+        :data:`AIS_GRID`, :data:`AIS_SHAPE_GRID` or :data:`AMG_GRID`). AIS parameters not in the
+        grid are the model's own (:func:`pathosam.automatic.ais_params`) with ``params``.
     params : mapping, optional
-        Fixed post-processing parameters when there is no grid search.
+        Fixed post-processing parameters (without a grid search; for AIS also the parameters the
+        grid leaves fixed).
     tile_shape, halo
         Tiling of the embeddings (as :func:`pathosam.segment_nuclei`: "auto" tiles images larger
         than 512 px with 384 + 64).
@@ -207,9 +227,9 @@ def evaluate_automatic(
         reference's "vit_data" padding of 256 px PanNuke / NuClick / SRSA-Net images to 512);
         predictions are cropped back before scoring.
     points_per_side : int
-        AMG point grid per crop / tile (reference 32).
+        AMG point grid per crop / tile.
     tta : bool
-        AIS: average the decoder maps over flips (:func:`pathosam.automatic.tile_maps`).
+        AIS: average the decoder maps over flips (:func:`pathosam.inference.tile_maps`).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -222,19 +242,24 @@ def evaluate_automatic(
         raise ValueError(f"model {model.name!r} has no instance decoder; AIS needs one (use --mode amg)")
     if tta and mode != "ais":
         raise ValueError("tta needs mode='ais'")
-    grid = dict(grid or (AIS_GRID if mode == "ais" else AMG_GRID))
+    base = None
+    if mode == "ais":
+        from ..automatic import ais_params
+
+        base = ais_params(model, dict(params or {}))  # the model's own parameters (registry), then params
+    grid = dict(grid or default_grid(mode, base.seeds if base is not None else "distance"))
 
     def model_stage(sample):
-        from ..automatic import decoder_maps, resolve_tiling
+        from ..inference import decoder_maps, input_size, resolve_tiling
 
         image, padding = _padded(sample, pad_to)
         if mode == "ais":
             return decoder_maps(model, image, tile_shape, halo, tta=tta), padding, image.shape[:2]
-        ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, getattr(model, "img_size", 1024))
+        ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, input_size(model))
         emb = model.embed(image, tile_shape=ts, halo=hl, progress=False)
         from ..instances.amg import generate_mask_candidates
 
-        pre = {k: min(grid.get(k, (v,))) for k, v in (("pred_iou_thresh", 0.88), ("stability_score_thresh", 0.95))}
+        pre = {k: min(grid.get(k, (getattr(AMG_DEFAULTS, k),))) for k in ("pred_iou_thresh", "stability_score_thresh")}
         if params:
             pre = {k: min(pre[k], params.get(k, pre[k])) for k in pre}
         return (generate_mask_candidates(model, emb, points_per_side=points_per_side, progress=False, **pre),
@@ -243,7 +268,7 @@ def evaluate_automatic(
     def labels_for(out, settings):
         stage, padding, shape = out
         if mode == "ais":
-            gen = ais_grid_labels(stage, settings)
+            gen = ais_grid_labels(stage, settings, base)
         else:
             gen = amg_grid_labels(stage, shape, settings)
         for p, seg in gen:
@@ -263,15 +288,13 @@ def evaluate_automatic(
         best = grid_table["mSA"].idxmax()  # first best setting in grid order
         chosen = {k: _plain(grid_table.loc[best, k]) for k in keys}
     else:
-        chosen = dict(params or {})
         if mode == "ais":
-            from ..instances.tiled import AISParams
+            from dataclasses import asdict
 
-            base = AISParams()  # the reference's defaults of the searched parameters, then the model's own
-            defaults = {**{k: getattr(base, k) for k in AIS_GRID}, **getattr(model, "ais_defaults", {})}
+            chosen = asdict(base)
         else:
-            defaults = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
-        chosen = {**defaults, **chosen}
+            defaults = {k: getattr(AMG_DEFAULTS, k) for k in ("pred_iou_thresh", "stability_score_thresh")}
+            chosen = {**defaults, **dict(params or {})}
 
     rows, result = [], AutomaticEvaluation(mode, chosen, None, grid_table)
     for sample in tqdm(test, desc=f"evaluating ({mode})", unit="image", disable=not progress):

@@ -74,6 +74,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..relabel import relabel_consecutive
+from .params import AMG_DEFAULTS
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..embeddings import ImageEmbeddings
     from ..model import PathoSAM
@@ -89,6 +92,7 @@ __all__ = [
     "mask_to_box",
     "masks_to_labels",
     "point_grid",
+    "postprocess_small_regions",
     "remove_small_regions",
     "stability_score",
 ]
@@ -204,7 +208,7 @@ class MaskCandidates:
     image_shape: tuple[int, int]
     pred_iou_thresh: float
     stability_score_thresh: float
-    stability_score_offset: float = 1.0
+    stability_score_offset: float = AMG_DEFAULTS.stability_score_offset
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.crops)
@@ -239,7 +243,7 @@ def point_grid(points_per_side: int) -> np.ndarray:
     return np.stack([xs, ys], axis=-1).reshape(-1, 2)
 
 
-def stability_score(logits, threshold: float = 0.0, offset: float = 1.0):
+def stability_score(logits, threshold: float = 0.0, offset: float = AMG_DEFAULTS.stability_score_offset):
     """Stability score of mask logits: IoU of ``logits > threshold + offset`` and ``> threshold - offset``.
 
     Parameters
@@ -506,8 +510,11 @@ def _record_small_regions(rec: MaskRecord, area_thresh: float, shape: tuple[int,
     return new, local + np.array([x0, y0, x0, y0]), True
 
 
-def _postprocess_small_regions(records: list[MaskRecord], min_area: float, nms_thresh: float,
-                               shape: tuple[int, int]) -> list[MaskRecord]:
+def postprocess_small_regions(records: list[MaskRecord], min_area: float, nms_thresh: float,
+                              shape: tuple[int, int]) -> list[MaskRecord]:
+    """Step 7 of the module docstring: remove holes and islands smaller than ``min_area`` pixels
+    from every mask of ``records`` (in an image of ``shape`` (H, W)), then box NMS at
+    ``nms_thresh`` preferring unchanged masks; returns the kept records."""
     if not records:
         return records
     new_masks, new_boxes, nms_boxes, scores = [], [], [], []
@@ -560,11 +567,11 @@ def _passes(iou: np.ndarray, stab: np.ndarray, pred_iou_thresh: float, stability
 def generate_mask_candidates(
     model: "PathoSAM",
     emb: "ImageEmbeddings",
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
+    points_per_side: int = AMG_DEFAULTS.points_per_side,
+    points_per_batch: int = AMG_DEFAULTS.points_per_batch,
+    pred_iou_thresh: float = AMG_DEFAULTS.pred_iou_thresh,
+    stability_score_thresh: float = AMG_DEFAULTS.stability_score_thresh,
+    stability_score_offset: float = AMG_DEFAULTS.stability_score_offset,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> MaskCandidates:
@@ -582,9 +589,9 @@ def generate_mask_candidates(
     emb : ImageEmbeddings
         Untiled (one crop = the image) or tiled (one crop per tile outer block) embeddings.
     points_per_side : int
-        Grid points per side of each crop (32).
+        Grid points per side of each crop.
     points_per_batch : int
-        Points per mask-decoder batch (64, as the reference). The mask decoder's memory grows with
+        Points per mask-decoder batch (the reference's 64 by default). The mask decoder's memory grows with
         it: on CPU about 21 MB per point (64 -> ~1.3 GB peak, 16 -> ~0.35 GB); upsampling and
         thresholding are chunked separately (~128 MB). The decoder's float results depend on the
         batch size at the 1e-6 level, so masks at a threshold's edge may differ between sizes.
@@ -593,7 +600,7 @@ def generate_mask_candidates(
     stability_score_thresh : float
         Pre-filter: keep stability ``>=`` this (0 disables it).
     stability_score_offset : float
-        Logit offset of the stability score (1.0).
+        Logit offset of the stability score.
     progress : bool
         Show a tqdm bar over point batches.
     on_batch : callable, optional
@@ -680,11 +687,11 @@ def _check_stricter(name: str, value: float, prefilter: float) -> None:
 
 def filter_masks(
     candidates: MaskCandidates,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    box_nms_thresh: float = 0.7,
-    crop_nms_thresh: float = 0.7,
-    min_mask_region_area: int = 0,
+    pred_iou_thresh: float = AMG_DEFAULTS.pred_iou_thresh,
+    stability_score_thresh: float = AMG_DEFAULTS.stability_score_thresh,
+    box_nms_thresh: float = AMG_DEFAULTS.box_nms_thresh,
+    crop_nms_thresh: float = AMG_DEFAULTS.crop_nms_thresh,
+    min_mask_region_area: int = AMG_DEFAULTS.min_mask_region_area,
 ) -> list[MaskRecord]:
     """Filter candidate masks as the reference's ``generate`` does (the cheap stage).
 
@@ -699,7 +706,7 @@ def filter_masks(
     candidates : MaskCandidates
         From :func:`generate_mask_candidates`.
     pred_iou_thresh, stability_score_thresh, box_nms_thresh, crop_nms_thresh : float
-        Thresholds (reference defaults 0.88, 0.95, 0.7, 0.7).
+        Thresholds (defaults: :class:`~pathosam.instances.params.AMGParams`).
     min_mask_region_area : int
         Hole / island area threshold in pixels (0 = off).
 
@@ -727,7 +734,7 @@ def filter_masks(
         scores = np.float32(1.0) / areas.astype(np.float32)
         kept = [kept[i] for i in box_nms(np.stack([r.box for r in kept]), scores, crop_nms_thresh)]
     if min_mask_region_area > 0:
-        kept = _postprocess_small_regions(kept, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh),
+        kept = postprocess_small_regions(kept, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh),
                                           candidates.image_shape)
     return kept
 
@@ -735,14 +742,6 @@ def filter_masks(
 # --------------------------------------------------------------------------------------------------
 # merging into a label image
 # --------------------------------------------------------------------------------------------------
-
-
-def _relabel_consecutive(seg: np.ndarray) -> np.ndarray:
-    """Map the ids of ``seg`` to 1..N in increasing order, keeping 0; uint32."""
-    ids, inverse = np.unique(seg, return_inverse=True)
-    first = 0 if ids.size and ids[0] == 0 else 1
-    new = np.arange(first, first + ids.size, dtype=np.uint32)
-    return new[inverse.reshape(seg.shape)]
 
 
 def masks_to_labels(
@@ -839,7 +838,7 @@ def masks_to_labels(
         drop = np.concatenate([drop, ids[[int(np.argmax(sizes))]]])
     if drop.size:
         seg[np.isin(seg, drop)] = 0
-    return _relabel_consecutive(seg)
+    return relabel_consecutive(seg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -850,15 +849,15 @@ def masks_to_labels(
 def amg_from_embeddings(
     model: "PathoSAM",
     emb: "ImageEmbeddings",
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    box_nms_thresh: float = 0.7,
-    crop_nms_thresh: float = 0.7,
-    min_mask_region_area: int = 0,
-    stability_score_offset: float = 1.0,
-    min_object_size: int = 0,
+    points_per_side: int = AMG_DEFAULTS.points_per_side,
+    points_per_batch: int = AMG_DEFAULTS.points_per_batch,
+    pred_iou_thresh: float = AMG_DEFAULTS.pred_iou_thresh,
+    stability_score_thresh: float = AMG_DEFAULTS.stability_score_thresh,
+    box_nms_thresh: float = AMG_DEFAULTS.box_nms_thresh,
+    crop_nms_thresh: float = AMG_DEFAULTS.crop_nms_thresh,
+    min_mask_region_area: int = AMG_DEFAULTS.min_mask_region_area,
+    stability_score_offset: float = AMG_DEFAULTS.stability_score_offset,
+    min_object_size: int = AMG_DEFAULTS.min_object_size,
     progress: bool = True,
 ) -> np.ndarray:
     """Automatic mask generation on precomputed embeddings -> instance labels.
@@ -868,6 +867,8 @@ def amg_from_embeddings(
     ``output_mode="instance_segmentation", with_background=True``; see the module docstring for
     each step and the few deliberate differences.
 
+    Defaults of the parameters: :class:`~pathosam.instances.params.AMGParams` (the reference's).
+
     Parameters
     ----------
     model : PathoSAM
@@ -875,21 +876,21 @@ def amg_from_embeddings(
     emb : ImageEmbeddings
         Embeddings of the image (untiled or tiled).
     points_per_side : int
-        Grid points per side of each crop (32).
+        Grid points per side of each crop.
     points_per_batch : int
-        Points per mask-decoder batch (64).
+        Points per mask-decoder batch.
     pred_iou_thresh : float
-        Keep predicted IoU ``>`` this (0.88; 0 disables).
+        Keep predicted IoU ``>`` this (0 disables).
     stability_score_thresh : float
-        Keep stability ``>=`` this (0.95; 0 disables).
+        Keep stability ``>=`` this (0 disables).
     box_nms_thresh : float
-        Box NMS IoU threshold within a crop (0.7).
+        Box NMS IoU threshold within a crop.
     crop_nms_thresh : float
-        Box NMS IoU threshold across crops / tiles (0.7).
+        Box NMS IoU threshold across crops / tiles.
     min_mask_region_area : int
         Remove holes and islands smaller than this from each mask (0 = off).
     stability_score_offset : float
-        Logit offset of the stability score (1.0).
+        Logit offset of the stability score.
     min_object_size : int
         Drop masks and final segments smaller than this (pixels).
     progress : bool

@@ -2,8 +2,9 @@
 
 The image is cut into the blocks of the tile grid (``pathosam.tiling``). Each block is
 post-processed on its *extended* region (block + ``halo``, clipped to the image) with exactly the
-untiled algorithm (:func:`pathosam.instances.ais.ais_from_maps`): smoothing, thresholds,
-8-connected seeds, seeded watershed. Only the block's own (inner) pixels are kept.
+untiled algorithm (the watershed core of :mod:`pathosam.instances._watershed`, as
+:func:`pathosam.instances.ais_from_maps`): smoothing, thresholds, 8-connected seeds, seeded
+watershed. Only the block's own (inner) pixels are kept.
 
 Seam-free stitching: every seed (connected component of the seed mask) is identified by its
 *anchor*, the global raster index ``row * W + col`` of its first pixel in row-major order. A
@@ -35,29 +36,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..tiling import Block, Tile, tile_grid, tile_slices
-from .ais import _smoothed_maps_and_seeds, check_maps, check_params, seeded_watershed
+from ._watershed import check_maps, seeded_watershed, smoothed_maps_and_seeds
+from .params import AISParams
 
 #: Columns of :attr:`BlockResult.stats` (pixel coordinates of the full image, rows and cols).
 STATS = ("area", "sum_row", "sum_col", "min_row", "min_col", "max_row", "max_col")
-
-
-@dataclass(frozen=True)
-class AISParams:
-    """Post-processing parameters of AIS; defaults are the reference's (micro-sam ``generate``)."""
-
-    center_distance_threshold: float = 0.5
-    boundary_distance_threshold: float = 0.5
-    foreground_threshold: float = 0.5
-    foreground_smoothing: float = 1.0
-    distance_smoothing: float = 1.6
-    min_size: int = 0
-    seeds: str = "distance"
-    seed_dynamic: float = 2.0
-    seed_center_weight: float = 10.0
-
-    def __post_init__(self) -> None:
-        check_params(self.foreground_smoothing, self.distance_smoothing, self.min_size, self.seeds,
-                     self.seed_dynamic, self.seed_center_weight)
 
 
 @dataclass
@@ -144,10 +127,7 @@ def process_block(
         # smoothing is an average, so no pixel can exceed the threshold: nothing to segment
         return BlockResult(tile.index, np.zeros((r1 - r0, c1 - c0), np.uint32), np.zeros(0, np.int64),
                            np.zeros((0, len(STATS))), None if features is None else np.zeros((0, features.shape[0])))
-    _, _, boundary, fg_mask, seeds = _smoothed_maps_and_seeds(
-        ext_maps, p.center_distance_threshold, p.boundary_distance_threshold, p.foreground_threshold,
-        p.foreground_smoothing, p.distance_smoothing, p.seeds, p.seed_dynamic, p.seed_center_weight,
-    )
+    _, _, boundary, fg_mask, seeds = smoothed_maps_and_seeds(ext_maps, p)
     h, w = r1 - r0, c1 - c0
     n_seeds = int(seeds.max())
     if n_seeds == 0:

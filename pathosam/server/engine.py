@@ -144,14 +144,12 @@ class Engine:
             self._models.popitem(last=False)  # its cached embeddings stay valid (keyed by model)
         log.info("loading %s%s", sam, f" + decoder {decoder}" if decoder else "")
         try:
+            # a registered model's file brings the registry's recommended AIS parameters along
+            # (recognised by its hash in load_model: registry.entry_of_file)
             m = load_model(sam, decoder=decoder, device=self.device, progress=False)
         except (ValueError, OSError, RuntimeError) as err:  # CheckpointError is a ValueError
             what = str(err) if str(sam) in str(err) else f"{sam}: {err}"
             raise RequestError(503, f"could not load the weights {what}") from None
-        if source.kind == "registry" and not m.ais_defaults:  # loaded from its file: keep the registry's
-            from .. import registry  # recommended AIS post-processing (pathosam_small: shape seeds)
-
-            m.ais_defaults = dict(registry.get(source.sam).ais_defaults)
         self._models[source.key] = m
         self.stats["model_loads"] += 1
         return m
