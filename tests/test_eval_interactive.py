@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 
-import pathosam.training.prompts as training_prompts
+import pathosam.prompt_sampling as prompt_sampling
 from pathosam.evaluation.interactive import (
     InteractiveResult,
     _relabel_sequential,
@@ -146,13 +146,13 @@ class FakeModel:
 @pytest.fixture()
 def sampler_spy(monkeypatch):
     seen = []
-    real = training_prompts.sample_correction_points
+    real = prompt_sampling.sample_correction_points
 
     def spy(pred, gt, rng):
         seen.append((np.array(pred), np.array(gt)))
         return real(pred, gt, rng)
 
-    monkeypatch.setattr(training_prompts, "sample_correction_points", spy)
+    monkeypatch.setattr(prompt_sampling, "sample_correction_points", spy)
     return seen
 
 

@@ -11,18 +11,10 @@ import pytest
 import torch
 from skimage.color import hed2rgb, rgb2hed
 
-from pathosam.training.data import (
-    EpochIndexSampler,
-    HEDJitter,
-    MinInstanceSampler,
-    TrainingPatches,
-    class_balanced_weights,
-    class_counts,
-    ensure_patch_shape,
-    hed_jitter,
-    random_crop_origin,
-    relabel_instances,
-)
+from pathosam.training.class_balance import class_balanced_weights, class_counts
+from pathosam.training.crops import MinInstanceSampler, ensure_patch_shape, random_crop_origin, relabel_instances
+from pathosam.training.data import EpochIndexSampler, TrainingPatches
+from pathosam.training.stain import HEDJitter, hed_jitter
 
 
 @dataclass

@@ -62,6 +62,49 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(gbm40, tmp_path):
     assert sorted(log[(log.phase == "train") & (log.name == "lr")].iteration) == [1, 2, 3, 4]
 
 
+# What the run folders of pathosam 0.1.0 hold, recorded from one written before the trainers shared
+# one loop (pathosam.training.loop): the checkpoint keys and the log's value names.
+FIRST_LAYOUT_CHECKPOINT = ("iteration", "best_metric", "history", "model_state", "decoder_state", "optimizer_state",
+                           "scheduler_state", "scaler_state", "config")
+FIRST_LAYOUT_LOG = {("time", "seconds_this_session"), ("train", "interactive_loss"), ("train", "lr"),
+                    ("train", "mask_dice_loss"), ("train", "unetr_loss"), ("val", "interactive_dice_loss"),
+                    ("val", "metric"), ("val", "unetr_loss")}
+
+
+def run_files(run) -> list[str]:
+    return sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+
+
+def test_a_run_folder_in_the_first_layout_resumes(gbm40, tmp_path):
+    """A folder holding only what the first layout held (its checkpoint keys) resumes to the same
+    weights as an uninterrupted run; the files, config.json and log names are those of that layout."""
+    import csv
+
+    train, val = gbm40
+    cfg = TrainConfig(iterations=4, **FAST)
+    a = JointTrainer(small(), train, val, tmp_path / "a", cfg, device="cpu")
+    a.fit(progress=False)
+    run = tmp_path / "b"
+    JointTrainer(small(), train, val, run, cfg, device="cpu").fit(progress=False, stop_after=2)
+    assert run_files(run) == ["checkpoints/best.pt", "checkpoints/latest.pt", "config.json", "log.csv"]
+    assert json.loads((run / "config.json").read_text()) == {"trainer": "joint", **json.loads(json.dumps(cfg.to_dict())),
+                                                             "model": "new"}
+    with open(run / "log.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["iteration", "phase", "name", "value"] and {(r[1], r[2]) for r in rows[1:]} <= FIRST_LAYOUT_LOG
+    for name in ("latest", "best"):
+        path = run / "checkpoints" / f"{name}.pt"
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        torch.save({k: ck[k] for k in FIRST_LAYOUT_CHECKPOINT}, path)  # KeyError: a key of the layout is gone
+    c = JointTrainer(small(), train, val, run, cfg, device="cpu", resume=True)
+    assert c.state.iteration == 2 and c.state.best_iteration is None
+    c.fit(progress=False)
+    ta, tc = _tensors(a.model), _tensors(c.model)
+    assert all(torch.equal(ta[k], tc[k]) for k in ta)
+    assert [h["metric"] for h in a.state.history] == [h["metric"] for h in c.state.history]
+    assert set(FIRST_LAYOUT_CHECKPOINT) <= set(torch.load(run / "checkpoints" / "latest.pt", weights_only=True))
+
+
 def test_resume_refuses_other_settings(gbm40, tmp_path):
     train, val = gbm40
     JointTrainer(small(), train, val, tmp_path, TrainConfig(iterations=2, **FAST), device="cpu").fit(

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from pathosam.prompt_sampling import bounding_boxes, sample_correction_points
 from pathosam.training import (
     PromptChoice,
-    bounding_boxes,
     dice_based_distance_loss,
     dice_loss,
     distort_boxes,
     mask_iou,
     sam_batch_loss,
     sam_loss,
-    sample_correction_points,
     sample_object_ids,
     sample_points,
     sample_training_prompts,

@@ -22,13 +22,12 @@ from pathosam.models.sam import SamConfig, build_sam
 from pathosam.models.unetr import UNETRDecoder
 from pathosam.training.losses import weighted_cross_entropy
 from pathosam.training.run import load_checkpoint
-from pathosam.training.semantic import (
+from pathosam.training.semantic import SemanticTrainer, train_semantic
+from pathosam.training.semantic_setup import (
     REFERENCE_CLASS_WEIGHTS,
     SemanticConfig,
-    SemanticTrainer,
     init_semantic_decoder,
     resolve_class_weights,
-    train_semantic,
 )
 
 
@@ -228,6 +227,48 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, gbm):
                                                                         oversample=True), "cpu", resume=True)
     with pytest.raises(FileNotFoundError):
         SemanticTrainer(small_model(), train, val, tmp_path / "c", cfg, "cpu", resume=True)
+
+
+# What the run folders of pathosam 0.1.0 hold, recorded from one written before the trainers shared
+# one loop (pathosam.training.loop): the checkpoint keys, the extra config.json entries, the log's names.
+FIRST_LAYOUT_CHECKPOINT = ("iteration", "best_metric", "best_iteration", "current_metric", "history", "train_loss",
+                           "model_state", "decoder_state", "semantic_decoder_state", "optimizer_state",
+                           "scheduler_state", "scaler_state", "class_weights", "config")
+FIRST_LAYOUT_LOG = {("time", "seconds_this_session"), ("train", "loss"), ("train", "lr"), ("val", "dice_connective"),
+                    ("val", "dice_dead"), ("val", "dice_epithelial"), ("val", "dice_inflammatory"),
+                    ("val", "dice_mean"), ("val", "dice_neoplastic"), ("val", "loss"), ("val", "pixel_accuracy")}
+
+
+def test_a_run_folder_in_the_first_layout_resumes(tmp_path, gbm):
+    """A folder holding only what the first layout held resumes to the same weights as an
+    uninterrupted run; the files, config.json and log names are those of that layout."""
+    import csv
+    import json
+
+    train, val = gbm
+    cfg = quick(iterations=4)
+    a = train_semantic(small_model(), train, val, tmp_path / "a", cfg, device="cpu", progress=False)
+    run = tmp_path / "b"
+    train_semantic(small_model(), train, val, run, cfg, device="cpu", progress=False, stop_after=2)
+    files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+    assert files == ["checkpoints/best.pt", "checkpoints/latest.pt", "config.json", "log.csv"]
+    config = json.loads((run / "config.json").read_text())
+    assert list(config) == ["trainer", *cfg.to_dict(), "class_weights_resolved", "model", "device"]
+    assert config["trainer"] == "semantic"
+    with open(run / "log.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["iteration", "phase", "name", "value"] and {(r[1], r[2]) for r in rows[1:]} == FIRST_LAYOUT_LOG
+    for name in ("latest", "best"):
+        path = run / "checkpoints" / f"{name}.pt"
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        assert set(ck) == set(FIRST_LAYOUT_CHECKPOINT)
+        torch.save({k: ck[k] for k in FIRST_LAYOUT_CHECKPOINT}, path)
+    b = train_semantic(small_model(seed=5), train, val, run, cfg, device="cpu", progress=False, resume=True)
+    ca = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")
+    cb = load_checkpoint(run / "checkpoints" / "latest.pt")
+    for key in ("model_state", "decoder_state", "semantic_decoder_state"):
+        assert states_equal(ca[key], cb[key]), key
+    assert a["train_loss"] == b["train_loss"] and same(a["validation"], b["validation"])
 
 
 # ------------------------------------------------------------------------------------- (e)

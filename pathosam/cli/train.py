@@ -160,7 +160,8 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))
     if args.semantic:
-        from ..training.semantic import SemanticConfig, train_semantic
+        from ..training.semantic import train_semantic
+        from ..training.semantic_setup import SemanticConfig
 
         cfg = SemanticConfig(
             iterations=args.iterations, batch_size=args.batch_size, patch_shape=tuple(args.patch_shape),

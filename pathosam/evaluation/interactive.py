@@ -16,7 +16,7 @@ as patho-sam evaluates its models):
     single-mask output.
 
 * ``n_iterations - 1`` corrections: per object one positive and one negative point drawn by
-  :func:`pathosam.training.prompts.sample_correction_points` from the previous prediction are
+  :func:`pathosam.prompt_sampling.sample_correction_points` from the previous prediction are
   **appended** to all earlier points; the box (box start) is kept in every iteration; with
   ``use_masks`` the previous low-res logits (1, 256, 256) of the kept mask are the mask prompt.
   Corrections are single-mask.
@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from ..relabel import relabel_consecutive
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..embeddings import ImageEmbeddings
@@ -213,13 +215,8 @@ class InteractiveResult:
 
 
 # ---------------------------------------------------------------------------- protocol
-def _relabel_sequential(gt: np.ndarray) -> np.ndarray:
-    """uint32 ids mapped to 1..N in increasing order, 0 kept (``relabel_sequential``)."""
-    ids, inverse = np.unique(gt, return_inverse=True)
-    if ids.size == 0:
-        return gt.astype(np.uint32)
-    new = np.arange(ids.size, dtype=np.uint32) + (0 if ids[0] == 0 else 1)
-    return new[inverse.reshape(gt.shape)]
+#: uint32 ids mapped to 1..N in increasing order, 0 kept (``relabel_sequential``): the one helper.
+_relabel_sequential = relabel_consecutive
 
 
 def _predict_chunk(model, emb, points, point_labels, boxes, mask_input, multimask):
@@ -317,7 +314,7 @@ def run_interactive(
     from tqdm.auto import tqdm
 
     from ..instances.amg import masks_to_labels
-    from ..training.prompts import sample_correction_points
+    from ..prompt_sampling import sample_correction_points
 
     if start not in ("point", "box"):
         raise ValueError(f"start must be 'point' or 'box', got {start!r}")

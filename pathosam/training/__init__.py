@@ -1,7 +1,10 @@
 """Training building blocks: AIS targets, the reference losses and training prompt sampling.
 
-The trainer loop itself lives elsewhere; these are pure functions (numpy / torch) that reproduce
-the reference's (micro-sam ``train_sam``, patho-sam semantic training) objective.
+These are pure functions (numpy / torch) that reproduce the reference's (micro-sam ``train_sam``,
+patho-sam semantic training) objective. The trainers: :class:`~pathosam.training.trainer.JointTrainer`
+and :func:`~pathosam.training.semantic.train_semantic`, both on the one loop of
+:mod:`pathosam.training.loop`. The prompt simulation shared with the interactive evaluation
+(bounding boxes, correction points) is :mod:`pathosam.prompt_sampling`.
 """
 
 from .losses import (
@@ -20,10 +23,8 @@ from .losses import (
 from .prompts import (
     PromptChoice,
     TrainingPrompts,
-    bounding_boxes,
     distort_boxes,
     object_masks,
-    sample_correction_points,
     sample_object_ids,
     sample_points,
     sample_training_prompts,
@@ -40,14 +41,12 @@ __all__ = [
     "TrainingPrompts",
     "ais_target_parts",
     "ais_targets",
-    "bounding_boxes",
     "dice_based_distance_loss",
     "dice_loss",
     "distort_boxes",
     "mask_iou",
     "object_masks",
     "relabel_for_targets",
-    "sample_correction_points",
     "sample_object_ids",
     "sample_points",
     "sample_training_prompts",

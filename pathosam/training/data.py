@@ -8,20 +8,23 @@ What each patch goes through (reference behaviour = torch_em ``SegmentationDatas
 ``ImageCollectionDataset`` as used by the PathoSAM training scripts):
 
 1. **Image choice**: uniformly at random (or in proportion to ``sample_weights``, see
-   :func:`class_balanced_weights`), or ``index % len(dataset)`` with ``image_choice="index"``.
+   :func:`~pathosam.training.class_balance.class_balanced_weights`), or ``index % len(dataset)``
+   with ``image_choice="index"``.
 2. **Crop**: a ``patch_shape`` window with a uniformly drawn top-left corner (every valid position,
    the last one included). An axis shorter than the patch starts at 0.
-3. **Padding** (:func:`ensure_patch_shape`): images smaller than the patch are padded with zeros
-   at the **end** of each axis (bottom / right) — image, instance labels and the semantic map alike
-   (so PanNuke's 256x256 tiles train as the top-left block of a black 512x512 canvas, whose padding
-   is background / class 0).
-4. **Rejection** (:class:`MinInstanceSampler`): the padded label crop must hold at least
-   ``min_num_instances`` distinct ids with ``>= min_size`` pixels, **background id 0 included** (the
-   reference's counting, so ``min_num_instances=4`` means >= 3 objects when there is background).
-   The check runs on the labels as cropped, before relabelling. Up to ``max_tries`` crops of the
-   same image are drawn (reference: 500); then ``on_failure`` decides (the reference raises).
-5. **Stain jitter** (optional, off by default, not in the reference): :class:`HEDJitter` on the
-   cropped image before padding, so the padding stays exactly 0.
+3. **Padding** (:func:`~pathosam.training.crops.ensure_patch_shape`): images smaller than the
+   patch are padded with zeros at the **end** of each axis (bottom / right) — image, instance
+   labels and the semantic map alike (so PanNuke's 256x256 tiles train as the top-left block of a
+   black 512x512 canvas, whose padding is background / class 0).
+4. **Rejection** (:class:`~pathosam.training.crops.MinInstanceSampler`): the padded label crop
+   must hold at least ``min_num_instances`` distinct ids with ``>= min_size`` pixels, **background
+   id 0 included** (the reference's counting, so ``min_num_instances=4`` means >= 3 objects when
+   there is background). The check runs on the labels as cropped, before relabelling. Up to
+   ``max_tries`` crops of the same image are drawn (reference: 500); then ``on_failure`` decides
+   (the reference raises).
+5. **Stain jitter** (optional, off by default, not in the reference):
+   :class:`~pathosam.training.stain.HEDJitter` on the cropped image before padding, so the padding
+   stays exactly 0.
 6. **Relabelling** (on by default): connected components of each id (8-connectivity, as
    ``skimage.measure.label``), components smaller than ``min_object_size`` (default 10) removed,
    ids renumbered 1..N. This is what the reference's target transform
@@ -59,465 +62,25 @@ whatever the number of ``DataLoader`` workers, their order, or a restart in betw
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from skimage.color import hed_from_rgb, rgb_from_hed
-from skimage.measure import label as connected_components
 from torch.utils.data import Dataset, Sampler
 
-__all__ = [
-    "HEDJitter",
-    "MinInstanceSampler",
-    "TrainingPatches",
-    "EpochIndexSampler",
-    "class_balanced_weights",
-    "class_counts",
-    "ensure_patch_shape",
-    "hed_jitter",
-    "random_crop_origin",
-    "relabel_instances",
-]
+from .crops import MinInstanceSampler, crop, ensure_patch_shape, random_crop_origin, relabel_instances, zoom
+from .stain import HEDJitter
 
-# skimage's stain unit: optical density divided by ln(1e6) (see rgb2hed / separate_stains)
-_LOG_ADJUST = float(np.log(1e-6))
+__all__ = ["EpochIndexSampler", "SampleLike", "TrainingPatches"]
 
 
-class _SampleLike(Protocol):
+class SampleLike(Protocol):
+    """What the training data reads from a sample (e.g. :func:`pathosam.datasets.open_dataset`'s)."""
+
     name: str
     image: np.ndarray
     labels: np.ndarray
     classes: np.ndarray | None
-
-
-# --------------------------------------------------------------------------------------------
-# padding / cropping / relabelling
-# --------------------------------------------------------------------------------------------
-
-
-def ensure_patch_shape(array: np.ndarray, patch_shape: tuple[int, int], value: float = 0) -> np.ndarray:
-    """Pad the two leading (spatial) axes of ``array`` at their **end** up to ``patch_shape``.
-
-    Reproduces the reference's padding of images smaller than the training patch
-    (torch_em ``ensure_patch_shape``): constant ``value`` (0) appended after the last row / column,
-    i.e. the content stays in the top-left corner. Axes already at least as long are untouched;
-    trailing axes (channels) are never padded.
-
-    Parameters
-    ----------
-    array : np.ndarray
-        (H, W) or (H, W, C) array.
-    patch_shape : tuple of int
-        Minimum (height, width).
-    value : float, optional
-        Fill value, 0 as in the reference.
-
-    Returns
-    -------
-    np.ndarray
-        The array itself when no padding is needed, else a padded copy of the same dtype.
-    """
-    ph, pw = int(patch_shape[0]), int(patch_shape[1])
-    h, w = array.shape[:2]
-    if h >= ph and w >= pw:
-        return array
-    pad = [(0, max(ph - h, 0)), (0, max(pw - w, 0))] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pad, mode="constant", constant_values=value)
-
-
-def random_crop_origin(
-    shape: tuple[int, int], patch_shape: tuple[int, int], rng: np.random.Generator
-) -> tuple[int, int]:
-    """Uniformly drawn top-left corner of a ``patch_shape`` window inside an image of ``shape``.
-
-    Every start ``0 .. size - patch`` is possible (both ends included); an axis shorter than the
-    patch starts at 0 (it is padded afterwards).
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Image (height, width).
-    patch_shape : tuple of int
-        Patch (height, width).
-    rng : numpy.random.Generator
-        Source of randomness.
-
-    Returns
-    -------
-    tuple of int
-        ``(row0, col0)``.
-    """
-    out = []
-    for size, p in zip(shape[:2], patch_shape):
-        free = int(size) - int(p)
-        out.append(int(rng.integers(0, free + 1)) if free > 0 else 0)
-    return out[0], out[1]
-
-
-def relabel_instances(labels: np.ndarray, min_size: int = 0, connectivity: int = 2) -> np.ndarray:
-    """Split every id into its connected components, drop small ones, renumber 1..N.
-
-    Same as the reference's label step of the target transform: ``skimage.measure.label`` on the
-    instance image (pixels are connected when neighbours *and* equal; default full connectivity =
-    8-neighbourhood), then components with fewer than ``min_size`` pixels set to background. The
-    result is renumbered consecutively in raster order of first appearance.
-
-    Parameters
-    ----------
-    labels : np.ndarray
-        (H, W) integer instance labels, 0 = background.
-    min_size : int, optional
-        Components with fewer pixels are removed (0 keeps all).
-    connectivity : int, optional
-        1 = 4-neighbourhood, 2 = 8-neighbourhood (default, as the reference).
-
-    Returns
-    -------
-    np.ndarray
-        (H, W) uint32 labels.
-    """
-    cc = connected_components(np.asarray(labels), background=0, connectivity=connectivity)
-    if min_size > 1 and cc.max() > 0:
-        sizes = np.bincount(cc.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if small.any():
-            cc[small[cc]] = 0
-            keep = np.flatnonzero(~small)
-            lut = np.zeros(sizes.size, dtype=np.int64)
-            lut[keep] = np.arange(keep.size)
-            cc = lut[cc]
-    return cc.astype(np.uint32, copy=False)
-
-
-# --------------------------------------------------------------------------------------------
-# rejection sampler
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MinInstanceSampler:
-    """Accept a label patch when it holds enough distinct ids (the reference's ``MinInstanceSampler``).
-
-    An id counts when it has at least ``min_size`` pixels (all ids when ``min_size`` is None) and is
-    not in ``exclude_ids``. **The background id 0 counts like any other id** — the reference's
-    behaviour — so ``min_num_instances=4`` asks for >= 3 objects in a patch that has background.
-    The reference used ``min_num_instances=4, min_size=10`` for PathoSAM training,
-    ``min_num_instances=3`` for its interactive evaluation crops and ``min_num_instances=2``
-    (``MinTwoInstanceSampler``, applied to the semantic map) for semantic training. Pass
-    ``exclude_ids=(0,)`` to count objects only.
-
-    A patch that fails is still accepted with probability ``1 - p_reject`` (default 1: never).
-
-    Parameters
-    ----------
-    min_num_instances : int
-        Minimum number of counted ids.
-    min_size : int or None
-        Minimum pixel count of a counted id.
-    p_reject : float
-        Probability of rejecting a failing patch.
-    exclude_ids : tuple of int
-        Ids never counted.
-    """
-
-    min_num_instances: int = 2
-    min_size: int | None = None
-    p_reject: float = 1.0
-    exclude_ids: tuple[int, ...] = ()
-
-    def count(self, labels: np.ndarray) -> int:
-        """Number of counted ids in ``labels`` (background included unless excluded).
-
-        Parameters
-        ----------
-        labels : np.ndarray
-            Integer label patch.
-
-        Returns
-        -------
-        int
-            The count compared with ``min_num_instances``.
-        """
-        ids, sizes = np.unique(np.asarray(labels), return_counts=True)
-        if self.min_size is not None:
-            ids = ids[sizes >= self.min_size]
-        if self.exclude_ids:
-            ids = ids[~np.isin(ids, np.asarray(self.exclude_ids))]
-        return int(ids.size)
-
-    def __call__(self, labels: np.ndarray, rng: np.random.Generator | None = None) -> bool:
-        """Whether to accept the patch.
-
-        Parameters
-        ----------
-        labels : np.ndarray
-            Integer label patch.
-        rng : numpy.random.Generator, optional
-            Used only when ``p_reject < 1``; required then for determinism.
-
-        Returns
-        -------
-        bool
-            True to accept.
-        """
-        if self.count(labels) >= self.min_num_instances:
-            return True
-        if self.p_reject >= 1.0:
-            return False
-        u = (rng if rng is not None else np.random.default_rng()).random()
-        return bool(u > self.p_reject)
-
-
-# --------------------------------------------------------------------------------------------
-# HED stain jitter
-# --------------------------------------------------------------------------------------------
-
-
-def _range3(value: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
-    r = np.asarray(value, dtype=np.float64)
-    if r.shape == (2,):
-        r = np.tile(r, (3, 1))
-    if r.shape != (3, 2) or np.any(r[:, 0] > r[:, 1]):
-        raise ValueError(f"{what} must be (low, high) or three such pairs (H, E, D), got {value!r}")
-    return r
-
-
-def hed_jitter(
-    image: np.ndarray, scale: Sequence[float] | np.ndarray, shift: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """Scale and shift the haematoxylin / eosin / DAB concentrations of an RGB image.
-
-    The colour deconvolution is skimage's (``hed_from_rgb`` / ``rgb_from_hed``, the matrices behind
-    ``rgb2hed`` / ``hed2rgb``, in the same stain units: optical density / ln(1e6)); per pixel
-    ``hed' = hed * scale + shift`` per channel, then back to RGB, clipped to 0..255. Unlike
-    ``hed2rgb(rgb2hed(x))`` — which clips negative concentrations and so alters ~1 % of H&E pixels
-    by up to tens of grey levels — the unclipped round trip used here is the identity (up to float
-    rounding) for ``scale = 1, shift = 0``.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        (H, W, 3) RGB, uint8 or float in 0..255.
-    scale, shift : array-like of 3 floats
-        Per-stain factors and offsets (H, E, D).
-
-    Returns
-    -------
-    np.ndarray
-        (H, W, 3) float32 RGB in 0..255 (not rounded).
-    """
-    rgb = np.asarray(image, dtype=np.float64) / 255.0
-    np.maximum(rgb, 1e-6, out=rgb)
-    stains = (np.log(rgb) / _LOG_ADJUST) @ hed_from_rgb
-    stains = stains * np.asarray(scale, np.float64) + np.asarray(shift, np.float64)
-    out = np.exp((stains * _LOG_ADJUST) @ rgb_from_hed)
-    return (np.clip(out, 0.0, 1.0) * 255.0).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class HEDJitter:
-    """Random HED stain augmentation (not part of the reference training; off unless given).
-
-    Per patch, for each stain channel c (H, E, D): ``scale_c ~ U(scale_range[c])``,
-    ``shift_c ~ U(shift_range[c])``, then :func:`hed_jitter`. Ranges are one ``(low, high)`` pair
-    for all three stains or three pairs. Shifts are in skimage's stain units (optical density /
-    ln(1e6) ≈ OD / 13.8; typical H&E haematoxylin values are 0.01–0.2).
-
-    Parameters
-    ----------
-    scale_range : sequence
-        Range of the multiplicative factor.
-    shift_range : sequence
-        Range of the additive offset.
-    """
-
-    scale_range: tuple[float, float] | tuple[tuple[float, float], ...] = (0.95, 1.05)
-    shift_range: tuple[float, float] | tuple[tuple[float, float], ...] = (-0.01, 0.01)
-
-    def __post_init__(self) -> None:
-        _range3(self.scale_range, "scale_range")
-        _range3(self.shift_range, "shift_range")
-
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``(scale, shift)``, each of shape (3,).
-
-        Parameters
-        ----------
-        rng : numpy.random.Generator
-            Source of randomness.
-
-        Returns
-        -------
-        tuple of np.ndarray
-            Per-stain scale and shift.
-        """
-        s = _range3(self.scale_range, "scale_range")
-        b = _range3(self.shift_range, "shift_range")
-        scale = s[:, 0] + rng.random(3) * (s[:, 1] - s[:, 0])
-        shift = b[:, 0] + rng.random(3) * (b[:, 1] - b[:, 0])
-        return scale, shift
-
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Jitter ``image`` with freshly drawn parameters (see :func:`hed_jitter`).
-
-        Parameters
-        ----------
-        image : np.ndarray
-            (H, W, 3) RGB, 0..255.
-        rng : numpy.random.Generator
-            Source of randomness.
-
-        Returns
-        -------
-        np.ndarray
-            (H, W, 3) float32 RGB in 0..255.
-        """
-        scale, shift = self.sample(rng)
-        return hed_jitter(image, scale, shift)
-
-
-# --------------------------------------------------------------------------------------------
-# class-balanced oversampling
-# --------------------------------------------------------------------------------------------
-
-
-CountKind = Literal["pixels", "instances", "presence"]
-
-
-def class_counts(
-    dataset: Sequence[_SampleLike], num_classes: int | None = None, count: CountKind = "pixels"
-) -> np.ndarray:
-    """Per-sample class counts of a dataset's semantic maps.
-
-    Parameters
-    ----------
-    dataset : Sequence of samples
-        Samples with ``.classes`` ((H, W) integer class map; ``None`` counts as all zeros) and, for
-        ``count="instances"``, ``.labels``.
-    num_classes : int, optional
-        Number of classes including background 0; default: 1 + the largest class seen.
-    count : {"pixels", "instances", "presence"}
-        ``"pixels"``: pixels of each class; ``"instances"``: instances whose majority class is the
-        class (ties go to the lower class id); ``"presence"``: 1 where the class has any pixel.
-
-    Returns
-    -------
-    np.ndarray
-        (n_samples, num_classes) int64.
-    """
-    if count not in ("pixels", "instances", "presence"):
-        raise ValueError(f"count must be 'pixels', 'instances' or 'presence', got {count!r}")
-    rows: list[np.ndarray] = []
-    for sample in dataset:
-        cls = sample.classes
-        if cls is None:
-            rows.append(np.zeros(1, np.int64))
-            continue
-        cls = np.asarray(cls).astype(np.int64, copy=False)
-        if cls.size and cls.min() < 0:
-            raise ValueError(f"negative class id in sample {getattr(sample, 'name', '?')!r}")
-        if count == "instances":
-            lab = np.asarray(sample.labels).astype(np.int64, copy=False)
-            if lab.shape != cls.shape:
-                raise ValueError(f"labels {lab.shape} and classes {cls.shape} differ in shape")
-            fg = lab > 0
-            ncls = int(cls.max()) + 1 if cls.size else 1
-            ids, inv = np.unique(lab[fg], return_inverse=True)
-            if ids.size == 0:
-                rows.append(np.zeros(ncls, np.int64))
-                continue
-            table = np.zeros((ids.size, ncls), np.int64)
-            np.add.at(table, (inv, cls[fg]), 1)
-            rows.append(np.bincount(table.argmax(axis=1), minlength=ncls).astype(np.int64))
-        else:
-            row = np.bincount(cls.ravel()).astype(np.int64)
-            rows.append((row > 0).astype(np.int64) if count == "presence" else row)
-    n = num_classes if num_classes is not None else max((r.size for r in rows), default=1)
-    out = np.zeros((len(rows), n), np.int64)
-    for i, r in enumerate(rows):
-        if r.size > n and np.any(r[n:]):
-            raise ValueError(f"sample {i} has class ids >= num_classes={n}")
-        out[i, : min(r.size, n)] = r[:n]
-    return out
-
-
-def class_balanced_weights(
-    data: Sequence[_SampleLike] | np.ndarray | Sequence[Sequence[float]],
-    *,
-    num_classes: int | None = None,
-    count: CountKind = "pixels",
-    ignore_background: bool = True,
-    empty_weight: float | None = None,
-) -> np.ndarray:
-    """Per-sample weights that draw samples holding rare classes more often.
-
-    With ``n[s, c]`` the count of class c in sample s (from :func:`class_counts`, or given), the
-    frequency of a class is ``f_c = sum_s n[s, c] / sum_{s, c'} n[s, c']`` over the considered
-    classes (background column 0 left out when ``ignore_background``; classes that never occur are
-    ignored), and the weight of a sample is
-
-        ``w_s = sum over classes c present in s (n[s, c] > 0) of 1 / f_c``,
-
-    normalised to sum to 1. A sample holding no considered class gets ``empty_weight`` (before
-    normalisation; default: the smallest weight of the other samples, or 1 if none has any).
-
-    Use the result as ``TrainingPatches(..., sample_weights=w)`` (deterministic) or with
-    ``torch.utils.data.WeightedRandomSampler(w, num_samples)`` over an index-addressed dataset
-    (see :meth:`TrainingPatches.index_weights`).
-
-    Parameters
-    ----------
-    data : Sequence of samples or array-like
-        A dataset (see :func:`class_counts`) or an (n_samples, n_classes) count matrix.
-    num_classes : int, optional
-        Passed to :func:`class_counts` for datasets.
-    count : {"pixels", "instances", "presence"}
-        What is counted for datasets.
-    ignore_background : bool
-        Leave class 0 out of frequencies and presence.
-    empty_weight : float, optional
-        Unnormalised weight of samples without any considered class.
-
-    Returns
-    -------
-    np.ndarray
-        (n_samples,) float64, non-negative, summing to 1.
-    """
-    if isinstance(data, np.ndarray) or (len(data) > 0 and not hasattr(data[0], "classes")):
-        counts = np.asarray(data, dtype=np.float64)
-        if counts.ndim != 2:
-            raise ValueError(f"a count matrix must be 2-D (n_samples, n_classes), got shape {counts.shape}")
-    else:
-        counts = class_counts(data, num_classes=num_classes, count=count).astype(np.float64)
-    if counts.shape[0] == 0:
-        return np.zeros(0, np.float64)
-    if np.any(counts < 0):
-        raise ValueError("class counts must be non-negative")
-    considered = counts[:, 1:] if ignore_background else counts
-    totals = considered.sum(axis=0)
-    if totals.sum() <= 0:
-        return np.full(counts.shape[0], 1.0 / counts.shape[0])
-    freq = totals / totals.sum()
-    inv = np.zeros_like(freq)
-    inv[freq > 0] = 1.0 / freq[freq > 0]
-    weights = (considered > 0).astype(np.float64) @ inv
-    empty = weights <= 0
-    if empty.any():
-        if empty_weight is not None:
-            fill = float(empty_weight)
-        else:
-            fill = float(weights[~empty].min()) if (~empty).any() else 1.0
-        weights[empty] = fill
-    total = weights.sum()
-    return weights / total if total > 0 else np.full(counts.shape[0], 1.0 / counts.shape[0])
-
-
-# --------------------------------------------------------------------------------------------
-# the dataset
-# --------------------------------------------------------------------------------------------
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -571,7 +134,7 @@ class TrainingPatches(Dataset):
         ``round(patch_shape / s)`` source pixels resized to ``patch_shape``, ``s`` drawn
         log-uniformly from ``[min, max]`` (e.g. ``(0.8, 1.5)``).
     relabel : bool
-        Connected-components relabelling of the label patch (see :func:`relabel_instances`).
+        Connected-components relabelling of the label patch (see :func:`~pathosam.training.crops.relabel_instances`).
     min_object_size : int
         Components smaller than this are removed when relabelling (reference: 10).
     with_semantic : bool
@@ -582,7 +145,7 @@ class TrainingPatches(Dataset):
         ``f((H, W) uint32 labels) -> (H, W) or (C, H, W) array``, applied before augmentation.
     sample_weights : array-like, optional
         Probability weights of the samples for the random image choice
-        (see :func:`class_balanced_weights`); uniform when None.
+        (see :func:`~pathosam.training.class_balance.class_balanced_weights`); uniform when None.
     image_choice : {"random", "index"}
         ``"random"``: image drawn per patch (uniform or by ``sample_weights``); ``"index"``: patch
         k uses sample ``k % len(dataset)`` (for external samplers such as ``WeightedRandomSampler``).
@@ -590,7 +153,7 @@ class TrainingPatches(Dataset):
 
     def __init__(
         self,
-        dataset: Sequence[_SampleLike],
+        dataset: Sequence[SampleLike],
         patch_shape: tuple[int, int] = (512, 512),
         *,
         n_samples: int | None = None,
@@ -798,11 +361,11 @@ class TrainingPatches(Dataset):
                 if self.sampler is None:
                     found = (j, origin)
                     break
-                crop = ensure_patch_shape(_crop(target_full, origin, window), window)
-                if self.sampler(crop, rng_crop):
+                candidate = ensure_patch_shape(crop(target_full, origin, window), window)
+                if self.sampler(candidate, rng_crop):
                     found = (j, origin)
                     break
-                c = self._sampler_count(crop)
+                c = self._sampler_count(candidate)
                 if best is None or c >= best[0]:
                     best = (c, j, origin)
             if found is not None:
@@ -838,11 +401,11 @@ class TrainingPatches(Dataset):
                 f"sample {getattr(sample, 'name', j)!r}: image {image_full.shape[:2]} and labels "
                 f"{labels_full.shape} differ in shape"
             )
-        image = _crop(image_full, origin, window)
+        image = crop(image_full, origin, window)
         if self.stain_jitter is not None:
             image = self.stain_jitter(image, rng_stain)
-        image = _zoom(ensure_patch_shape(np.asarray(image, dtype=np.float32), window), self.patch_shape, 1)
-        labels = _zoom(ensure_patch_shape(_crop(labels_full, origin, window), window), self.patch_shape, 0)
+        image = zoom(ensure_patch_shape(np.asarray(image, dtype=np.float32), window), self.patch_shape, 1)
+        labels = zoom(ensure_patch_shape(crop(labels_full, origin, window), window), self.patch_shape, 0)
         labels = relabel_instances(labels, self.min_object_size) if self.relabel else labels.astype(np.int64)
         semantic = None
         if self.with_semantic:
@@ -851,7 +414,7 @@ class TrainingPatches(Dataset):
             cls_full = np.asarray(sample.classes)
             if cls_full.shape != labels_full.shape:
                 raise ValueError(f"classes {cls_full.shape} and labels {labels_full.shape} differ in shape")
-            semantic = _zoom(ensure_patch_shape(_crop(cls_full, origin, window), window), self.patch_shape, 0)
+            semantic = zoom(ensure_patch_shape(crop(cls_full, origin, window), window), self.patch_shape, 0)
             semantic = semantic.astype(np.int64)
         target = np.asarray(self.label_transform(labels)) if self.label_transform is not None else labels
         if target.ndim == 2:
@@ -886,22 +449,6 @@ class TrainingPatches(Dataset):
         if self.scale_range is not None:
             out["window"] = torch.tensor(window, dtype=torch.int64)
         return out
-
-
-def _crop(array: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
-    r, c = origin
-    return array[r : r + shape[0], c : c + shape[1]]
-
-
-def _zoom(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
-    """Resize the two leading axes of ``array`` to ``shape`` (order 1: bilinear, 0: nearest)."""
-    if array.shape[:2] == tuple(shape):
-        return array
-    from skimage.transform import resize
-
-    out = resize(array, tuple(shape) + array.shape[2:], order=order, preserve_range=True,
-                 anti_aliasing=order > 0 and array.shape[0] > shape[0], mode="edge")
-    return out.astype(array.dtype, copy=False)
 
 
 class EpochIndexSampler(Sampler[tuple[int, int]]):

@@ -1,4 +1,4 @@
-"""Prompt sampling for SAM training and the correction points of iterative prompting.
+"""Prompt sampling for SAM training: the prompt schedule and the initial prompts of each object.
 
 Conventions: masks and label images are indexed (row, col) = (y, x); **points are returned in
 SAM's (x, y) order**, integer pixel coordinates of the input (label) image, not yet scaled to the
@@ -10,7 +10,8 @@ numpy's global generator, so its exact values are not reproduced, only their dis
 Training schedule (micro-sam ``SamTrainer``): even iterations prompt every sampled object with one
 positive point uniformly inside it and multimask output; odd iterations with its bounding box,
 each side pushed outward by U(0, 0.025) x side length, single-mask output. Between the 8
-sub-iterations :func:`sample_correction_points` adds one positive and one negative point per object.
+sub-iterations :func:`pathosam.prompt_sampling.sample_correction_points` adds one positive and one
+negative point per object.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..prompt_sampling import bounding_boxes, sample_pixels
+
 __all__ = [
     "BOX_DISTORTION_FACTOR",
     "DILATION_STRENGTH",
-    "RING_MARGIN",
     "PromptChoice",
     "TrainingPrompts",
-    "bounding_boxes",
     "distort_boxes",
     "object_masks",
-    "sample_correction_points",
     "sample_object_ids",
     "sample_points",
     "sample_training_prompts",
@@ -41,8 +41,6 @@ __all__ = [
 BOX_DISTORTION_FACTOR = 0.025
 #: Reference default of ``dilation_strength`` (safety border before negative points), pixels.
 DILATION_STRENGTH = 10
-#: Enlargement of the GT bounding box for the fallback negative ring of the correction sampler, pixels.
-RING_MARGIN = 3
 
 
 @dataclass(frozen=True)
@@ -132,29 +130,6 @@ def object_masks(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.stack([labels == i for i in ids]) if len(ids) else np.zeros((0,) + labels.shape, dtype=bool)
 
 
-def bounding_boxes(masks: np.ndarray) -> np.ndarray:
-    """Bounding boxes of binary masks as (y0, x0, y1, x1), max exclusive (regionprops ``bbox``).
-
-    Parameters
-    ----------
-    masks : numpy.ndarray
-        bool (n_objects, H, W); every mask must be non-empty.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 (n_objects, 4) in (row, col) order.
-    """
-    boxes = np.zeros((len(masks), 4), dtype=np.int64)
-    for k, m in enumerate(masks):
-        rows = np.flatnonzero(m.any(axis=1))
-        cols = np.flatnonzero(m.any(axis=0))
-        if rows.size == 0:
-            raise ValueError(f"mask {k} is empty")
-        boxes[k] = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
-    return boxes
-
-
 def distort_boxes(boxes_yxyx: np.ndarray, shape: tuple[int, int], factor: float,
                   rng: np.random.Generator) -> np.ndarray:
     """Push each side of each box outward by ``U(0, factor) * side length``, round, clip to the image.
@@ -184,13 +159,6 @@ def distort_boxes(boxes_yxyx: np.ndarray, shape: tuple[int, int], factor: float,
         nx1 = round(min(float(shape[1]), x1 + rng.uniform(0, factor) * lx))
         out[k] = ny0, nx0, ny1, nx1
     return out
-
-
-def _choice(region: np.ndarray, size: int, replace: bool, rng: np.random.Generator) -> np.ndarray:
-    """``size`` uniformly drawn (row, col) coordinates of the True pixels of ``region``."""
-    coords = np.argwhere(region)
-    idx = rng.choice(len(coords), size=size, replace=replace)
-    return coords[idx]
 
 
 def sample_points(mask: np.ndarray, box_yxyx: np.ndarray, n_positive: int, n_negative: int,
@@ -227,7 +195,7 @@ def sample_points(mask: np.ndarray, box_yxyx: np.ndarray, n_positive: int, n_neg
     points = []
     if n_positive > 0:
         n_px = int(mask.sum())
-        points.append(_choice(mask, n_positive, n_positive > n_px, rng))
+        points.append(sample_pixels(mask, n_positive, n_positive > n_px, rng))
     n_neg_found = 0
     if n_negative > 0:
         ds = dilation_strength
@@ -238,9 +206,9 @@ def sample_points(mask: np.ndarray, box_yxyx: np.ndarray, n_positive: int, n_neg
         region ^= dilated  # |box - dilated|, as the reference (dilated lies inside the enlarged box)
         n_neg_found = min(n_negative, int(region.sum()))
         if n_neg_found:
-            points.append(_choice(region, n_neg_found, False, rng))
+            points.append(sample_pixels(region, n_neg_found, False, rng))
         if n_neg_found < n_negative:
-            points.append(_choice(~mask, n_negative - n_neg_found, False, rng))
+            points.append(sample_pixels(~mask, n_negative - n_neg_found, False, rng))
     coords = np.concatenate(points) if points else np.zeros((0, 2), dtype=np.int64)
     labels = np.array([1] * n_positive + [0] * n_negative, dtype=np.int64)
     return coords[:, ::-1].astype(np.int64), labels
@@ -325,69 +293,3 @@ def sample_training_prompts(labels: np.ndarray, choice: PromptChoice, rng: np.ra
         point_labels = np.stack([lab for _, lab in sampled]) if sampled else np.zeros((0, n_pts), np.int64)
     boxes_xyxy = jittered[:, [1, 0, 3, 2]] if choice.use_box else None
     return TrainingPrompts(ids, masks, points_xy, point_labels, boxes_xyxy, choice.multimask)
-
-
-def sample_correction_points(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
-                             ring_margin: int = RING_MARGIN) -> tuple[np.ndarray, np.ndarray]:
-    """One positive and one negative correction point per object (iterative prompting).
-
-    Per object with P = predicted mask and G = ground truth (uniform draws over the pixels of the
-    chosen region):
-
-    - positive: from the false negatives G & ~P; if empty, from the true positives G & P;
-    - negative: from the false positives P & ~G; if empty, from the ring = (G's bounding box,
-      max exclusive, enlarged by ``ring_margin`` pixels on every side and clipped to the image)
-      minus G; if still empty, from anywhere outside G.
-
-    All positives are drawn first (object order), then all negatives.
-
-    Parameters
-    ----------
-    pred : numpy.ndarray
-        bool (N, H, W) predicted masks (reference: logits > 0 of the selected mask, at the target
-        resolution).
-    gt : numpy.ndarray
-        bool (N, H, W) ground-truth masks; each must be non-empty and not cover the whole image.
-    rng : numpy.random.Generator
-    ring_margin : int
-        Bounding-box enlargement for the negative fallback (reference: 3).
-
-    Returns
-    -------
-    points_xy : numpy.ndarray
-        int64 (N, 2, 2): per object [positive, negative], each (x, y) in pixels.
-    labels : numpy.ndarray
-        int64 (N, 2): ``[[1, 0], ...]``.
-    """
-    pred = np.asarray(pred).astype(bool, copy=False)
-    gt = np.asarray(gt).astype(bool, copy=False)
-    if pred.shape != gt.shape or pred.ndim != 3:
-        raise ValueError(f"pred and gt must both have shape (N, H, W), got {pred.shape} and {gt.shape}")
-    n, h, w = gt.shape
-    pos = np.zeros((n, 2), dtype=np.int64)
-    neg = np.zeros((n, 2), dtype=np.int64)
-    for k in range(n):
-        g, p = gt[k], pred[k]
-        region = g & ~p
-        if not region.any():
-            region = g & p
-        if not region.any():
-            raise ValueError(f"object {k}: ground-truth mask is empty")
-        pos[k] = _choice(region, 1, False, rng)[0]
-    for k in range(n):
-        g, p = gt[k], pred[k]
-        region = p & ~g
-        if not region.any():
-            y0, x0, y1, x1 = bounding_boxes(g[None])[0]
-            region = np.zeros_like(g)
-            region[max(y0 - ring_margin, 0):min(y1 + ring_margin, h),
-                   max(x0 - ring_margin, 0):min(x1 + ring_margin, w)] = True
-            region &= ~g
-        if not region.any():
-            region = ~g
-        if not region.any():
-            raise ValueError(f"object {k}: ground-truth mask covers the whole image, no negative point possible")
-        neg[k] = _choice(region, 1, False, rng)[0]
-    points_xy = np.stack([pos[:, ::-1], neg[:, ::-1]], axis=1)
-    labels = np.tile(np.array([[1, 0]], dtype=np.int64), (n, 1))
-    return np.ascontiguousarray(points_xy), labels

@@ -1,4 +1,4 @@
-"""Run bookkeeping shared by the trainers: the run folder, logs, checkpoints, devices, AMP.
+"""Run bookkeeping of the training loop: the run folder, logs, checkpoints, devices, AMP.
 
 A run folder ``RUN/`` holds ``log.csv`` (one row per logged step: iteration, phase, values),
 TensorBoard events in ``RUN/tensorboard`` when ``torch.utils.tensorboard`` can be imported,
@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import random
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from ..io.atomic import atomic_write
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``: CUDA, then MPS, then CPU (the rule of :class:`pathosam.model.PathoSAM`)."""
-    from ..model import _device
+    from ..model import resolve_device as model_device
 
-    return _device(device)
+    return model_device(device)
 
 
 def resize_to_input(images: torch.Tensor, long_side: int, device: torch.device
@@ -47,12 +48,13 @@ def resize_to_input(images: torch.Tensor, long_side: int, device: torch.device
     return x, (h, w), (H, W)
 
 
-def autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """Mixed precision (float16) on CUDA when ``enabled``; a no-op context elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
-def grad_scaler(device: torch.device, enabled: bool):
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """The loss scaler of float16 training on CUDA when ``enabled``; a pass-through elsewhere."""
     return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
 
 
@@ -98,6 +100,7 @@ class RunLog:
             w.writerows(keep)
 
     def log(self, iteration: int, phase: str, values: dict[str, float]) -> None:
+        """Append one row per value: (iteration, phase, name, value)."""
         new = not self.path.is_file()
         with open(self.path, "a", newline="") as fh:
             w = csv.writer(fh)
@@ -110,15 +113,9 @@ class RunLog:
                 self._writer.add_scalar(f"{phase}/{k}", float(v), iteration)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self._writer is not None:
             self._writer.close()
-
-
-def read_log(run_dir: str | os.PathLike):
-    """The run's log as a pandas DataFrame (iteration, phase, name, value)."""
-    import pandas as pd
-
-    return pd.read_csv(Path(run_dir) / "log.csv")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -147,10 +144,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ck
 
 
+def cpu_state(module: torch.nn.Module, prefix: str = "") -> OrderedDict:
+    """A detached CPU copy of ``module``'s state dict, keys prefixed with ``prefix``."""
+    return OrderedDict((prefix + k, v.detach().cpu().contiguous().clone()) for k, v in module.state_dict().items())
+
+
+def sam_state(model_state: dict[str, torch.Tensor]) -> OrderedDict:
+    """A run checkpoint's ``model_state`` (keys ``sam.*``, micro-sam's layout) as a plain SAM state dict."""
+    return OrderedDict((k[len("sam."):], v) for k, v in model_state.items())
+
+
 def load_sam_state(sam: torch.nn.Module, model_state: dict[str, torch.Tensor]) -> None:
     """Load a run checkpoint's ``model_state`` (keys ``sam.*``) into ``sam``; a run trained at
     another input size (``--input-size``) gets a clear error instead of a shape mismatch."""
-    state = {k[len("sam."):]: v for k, v in model_state.items()}
+    state = sam_state(model_state)
     pos = state.get("image_encoder.pos_embed")
     if pos is not None and pos.shape != sam.image_encoder.pos_embed.shape:
         size = int(pos.shape[1]) * sam.image_encoder.patch_size
@@ -160,6 +167,7 @@ def load_sam_state(sam: torch.nn.Module, model_state: dict[str, torch.Tensor]) -
 
 
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
+    """Write ``RUN/config.json`` atomically (values JSON can't hold are written as strings)."""
     path = Path(run_dir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:

@@ -35,6 +35,8 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 
+from ..relabel import relabel_consecutive
+
 __all__ = ["AIS_TARGET_CHANNELS", "ais_target_parts", "ais_targets", "relabel_for_targets"]
 
 #: Names of the channels returned by :func:`ais_targets`, in order.
@@ -68,18 +70,9 @@ def relabel_for_targets(labels: np.ndarray, min_size: int = 10) -> np.ndarray:
             raise ValueError("labels must hold integer ids")
         labels = labels.astype(np.int64)
     # skimage numbers components in raster order of first appearance.
-    seg = connected_components(labels, background=0, connectivity=2).astype(np.uint32)
-    if min_size > 0 and seg.max() > 0:
-        sizes = np.bincount(seg.ravel())
-        keep = sizes >= min_size
-        keep[0] = True  # background stays background
-        # Removing ids keeps the raster order of the remaining ones, so a sorted relabelling
-        # equals the reference's order-of-appearance relabelling.
-        new_ids = np.zeros(sizes.size, dtype=np.uint32)
-        kept = np.flatnonzero(keep[1:]) + 1
-        new_ids[kept] = np.arange(1, kept.size + 1, dtype=np.uint32)
-        seg = new_ids[seg]
-    return seg
+    # Removing ids keeps the raster order of the remaining ones, so a sorted relabelling
+    # equals the reference's order-of-appearance relabelling.
+    return relabel_consecutive(connected_components(labels, background=0, connectivity=2), min_size)
 
 
 def _object_distances(crop_mask: np.ndarray, crop_boundaries: np.ndarray,

@@ -18,42 +18,33 @@ One training iteration on a batch of patches (``pathosam-reference.md`` §6.2–
 Validation (every ``validate_every`` iterations, on fixed patches): metric = interactive dice loss +
 UNETR loss / 3, as the reference; ReduceLROnPlateau steps on it and the best checkpoint is the
 lowest. All randomness comes from generators derived from ``(seed, iteration)``, so a resumed run
-(``resume=True``) reproduces an uninterrupted one exactly on CPU.
+(``resume=True``) reproduces an uninterrupted one exactly on CPU. The loop, the run folder and the
+checkpoints are :class:`~pathosam.training.loop.TrainingLoop`'s; ``checkpoints/iter_<N>.pt`` are
+kept every ``checkpoint_every`` iterations, and ``export/`` holds the released layout.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..image import transform_coords
+from ..prompt_sampling import sample_correction_points
+from .loop import TrainingLoop
 from .losses import dice_based_distance_loss, sam_loss
 from .prompts import (
+    PromptChoice,
     TrainingPrompts,
-    sample_correction_points,
     sample_training_prompts,
     training_prompt_choice,
     validation_prompt_choice,
 )
-from .run import (
-    RunLog,
-    autocast,
-    grad_scaler,
-    iteration_rng,
-    load_checkpoint,
-    load_sam_state,
-    resize_to_input,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-    write_config,
-)
+from .run import autocast, iteration_rng, sam_state
 
 
 @dataclass
@@ -91,20 +82,15 @@ class TrainConfig:
     scale_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
+        """The settings as a dict (what checkpoints and ``config.json`` hold)."""
         return asdict(self)
 
 
-@dataclass
-class TrainState:
-    """Where a run stands: next iteration, best validation metric, history of validations."""
-
-    iteration: int = 0
-    best_metric: float = math.inf
-    history: list[dict] = field(default_factory=list)
-
-
-def _patches(data, config: TrainConfig, seed: int, n: int | None, zoom: bool = True):
-    from .data import HEDJitter, MinInstanceSampler, TrainingPatches
+def _patches(data: Sequence, config: TrainConfig, seed: int, n: int | None, zoom: bool = True):
+    """The training (``zoom``) or validation patch stream with AIS targets."""
+    from .crops import MinInstanceSampler
+    from .data import TrainingPatches
+    from .stain import HEDJitter
     from .targets import ais_targets
 
     return TrainingPatches(
@@ -121,7 +107,7 @@ def _batch(patches, epoch: int, indices: Sequence[int]) -> tuple[torch.Tensor, t
     return torch.stack([it["image"] for it in items]), torch.stack([torch.as_tensor(it["labels"]) for it in items])
 
 
-class JointTrainer:
+class JointTrainer(TrainingLoop):
     """Train a :class:`~pathosam.model.PathoSAM` (SAM + AIS decoder) with micro-sam's objective.
 
     Parameters
@@ -132,48 +118,41 @@ class JointTrainer:
     train, val : sequence of samples
         ``.image`` (H, W, 3) uint8 and ``.labels`` (H, W) instances (e.g. ``open_dataset``).
     run_dir : path
-        Run folder (see :mod:`pathosam.training.run`).
+        Run folder (see :mod:`pathosam.training.loop`).
     config : TrainConfig
     device : str
         "auto", "cpu", "cuda", "mps".
+    resume : bool
+        Continue from ``run_dir/checkpoints/latest.pt`` now (or with ``fit(resume=True)``); every
+        setting but ``iterations`` must be the same, so a finished run can be extended.
     """
 
-    def __init__(self, model, train, val, run_dir, config: TrainConfig | None = None, device: str = "auto") -> None:
-        self.config = config or TrainConfig()
-        self.device = resolve_device(device)
-        self.model = model
-        if self.config.train_decoder and model.decoder is None:
+    kind = "joint"
+    metric_key = "metric"
+    numbered_checkpoints = True
+
+    def __init__(self, model, train: Sequence, val: Sequence | None, run_dir: str | Path,
+                 config: TrainConfig | None = None, device: str | torch.device | None = "auto",
+                 resume: bool = False) -> None:
+        cfg = config or TrainConfig()
+        if cfg.train_decoder and model.decoder is None:
             raise ValueError("the joint objective trains the AIS decoder; the model has none (train_decoder=False)")
-        self.sam = model.sam.to(self.device)
-        self.decoder = model.decoder.to(self.device) if model.decoder is not None else None
-        model.device = self.device
-        self.run_dir = Path(run_dir)
-        self.train_patches = _patches(train, self.config, self.config.seed, self.config.iterations * self.config.batch_size)
-        self.val_patches = _patches(val, self.config, self.config.seed + 1, self.config.val_patches, zoom=False) if val else None
+        super().__init__(model, run_dir, cfg, device)
+        self.decoder = model.decoder
+        self.train_patches = _patches(train, cfg, cfg.seed, cfg.iterations * cfg.batch_size)
+        self.val_patches = _patches(val, cfg, cfg.seed + 1, cfg.val_patches, zoom=False) if val else None
         params = list(self.sam.parameters())
-        if self.config.train_decoder:
+        if cfg.train_decoder:
             params += list(self.decoder.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=self.config.scheduler_factor, patience=self.config.scheduler_patience)
-        self.scaler = grad_scaler(self.device, self.config.amp)
-        self.state = TrainState()
-        self.long_side = int(self.sam.image_encoder.img_size)
+        self._setup_optimizer(params)
+        if resume:
+            self.resume()
 
-    # ------------------------------------------------------------------ model inputs
-    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """Images (B, 3, H, W) 0..255 -> embeddings, model input size, original size."""
-        emb, _, in_size, orig = self._encode_with_input(images)
-        return emb, in_size, orig
-
-    def _encode_with_input(self, images: torch.Tensor):
-        """As :meth:`_encode`, also the preprocessed model input (for decoders that read it)."""
-        x, in_size, orig = resize_to_input(images, self.long_side, self.device)
-        x = self.sam.preprocess(x)
-        return self.sam.image_encoder(x), x, in_size, orig
-
-    def _decode_prompts(self, emb: torch.Tensor, points, labels, boxes, mask_input, multimask: bool,
-                        in_size, orig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # ------------------------------------------------------------------ prompted passes
+    def _decode_prompts(self, emb: torch.Tensor, points: np.ndarray | None, labels: np.ndarray | None,
+                        boxes: np.ndarray | None, mask_input: torch.Tensor | None, multimask: bool,
+                        in_size: tuple[int, int], orig: tuple[int, int]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One image's objects: (n, C, H, W) mask logits at the patch size, (n, C) IoU
         predictions, (n, C, h, w) low-res logits."""
         dev = self.device
@@ -190,8 +169,8 @@ class JointTrainer:
                                              multimask_output=multimask)
         return self.sam.postprocess_masks(low_res, in_size, orig), iou, low_res
 
-    def interactive_loss(self, emb: torch.Tensor, prompts: list[TrainingPrompts], in_size, orig,
-                         rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def interactive_loss(self, emb: torch.Tensor, prompts: list[TrainingPrompts], in_size: tuple[int, int],
+                         orig: tuple[int, int], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, mask-dice part) averaged over the sub-iterations, summed over the images."""
         cfg = self.config
         state = [dict(points=p.points_xy, labels=p.point_labels, boxes=p.boxes_xyxy, mask=None) for p in prompts]
@@ -219,13 +198,17 @@ class JointTrainer:
         n = cfg.n_sub_iterations
         return total / n, dice_total / n
 
-    def _prompts(self, targets: torch.Tensor, choice, rng) -> list[TrainingPrompts]:
+    def _prompts(self, targets: torch.Tensor, choice: PromptChoice, rng: np.random.Generator) -> list[TrainingPrompts]:
+        """Initial prompts of every image, truncated to the smallest object count of the batch."""
         prompts = [sample_training_prompts(t[0].numpy().astype(np.int64), choice, rng, self.config.n_objects,
                                            box_distortion_factor=self.config.box_distortion) for t in targets]
         n = min(len(p.object_ids) for p in prompts)
         return [p.truncate(n) for p in prompts]
 
     # ------------------------------------------------------------------ one iteration
+    def _train(self, iteration: int, batch: Any) -> dict[str, float]:
+        return self.train_step(iteration)
+
     def train_step(self, iteration: int) -> dict[str, float]:
         """One iteration: interactive step, then (with the decoder) the UNETR step."""
         cfg = self.config
@@ -236,30 +219,22 @@ class JointTrainer:
         out = {}
         prompts = self._prompts(targets, training_prompt_choice(iteration), rng)
         if len(prompts[0].object_ids) > 0:
-            self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, cfg.amp):
-                emb, in_size, orig = self._encode(images)
+                emb, _, in_size, orig = self.encode(images)
                 loss, dice = self.interactive_loss(emb, prompts, in_size, orig, rng)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.backward_step(loss)
             out.update(interactive_loss=float(loss.detach()), mask_dice_loss=float(dice.detach()))
         if cfg.train_decoder:
             self.decoder.train()
-            self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, cfg.amp):
                 uloss = self.unetr_loss(images, targets, bn_mode="batch")
-            self.scaler.scale(uloss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.backward_step(uloss)
             out["unetr_loss"] = float(uloss.detach())
         return out
 
     def unetr_loss(self, images: torch.Tensor, targets: torch.Tensor, bn_mode: str) -> torch.Tensor:
-        from ..models.unetr import postprocess_maps
-
-        emb, x, in_size, orig = self._encode_with_input(images)
-        maps = postprocess_maps(self.decoder(emb, bn_mode, x).float(), in_size, orig)
+        """Dice-based distance loss of the AIS decoder's maps against the targets' channels 1..3."""
+        maps = self.decoder_maps(self.decoder, images, bn_mode)
         return dice_based_distance_loss(maps, targets[:, 1:].to(self.device).float()).total
 
     # ------------------------------------------------------------------ validation
@@ -274,7 +249,7 @@ class JointTrainer:
             images, targets = _batch(self.val_patches, 0, [k])
             prompts = self._prompts(targets, validation_prompt_choice(k, rng), rng)
             if len(prompts[0].object_ids):
-                emb, in_size, orig = self._encode(images)
+                emb, _, in_size, orig = self.encode(images)
                 _, dice = self.interactive_loss(emb, prompts, in_size, orig, rng)
                 inter.append(float(dice))
             if cfg.train_decoder or self.decoder is not None:
@@ -286,125 +261,19 @@ class JointTrainer:
         out["metric"] = out["interactive_dice_loss"] + out.get("unetr_loss", 0.0) / 3
         return out
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self) -> dict:
-        """The run's state in micro-sam's training-checkpoint layout (+ pathosam's run state)."""
-        return {
-            "iteration": self.state.iteration,
-            "best_metric": self.state.best_metric,
-            "history": self.state.history,
-            "model_state": {f"sam.{k}": v.detach().cpu() for k, v in self.sam.state_dict().items()},
-            "decoder_state": ({k: v.detach().cpu() for k, v in self.decoder.state_dict().items()}
-                              if self.decoder is not None else None),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict(),
-            "scaler_state": self.scaler.state_dict(),
-            "config": self.config.to_dict(),
-        }
+    # ------------------------------------------------------------------ run folder
+    def _run_info(self) -> dict[str, Any]:
+        return {"model": self.model.name}
 
-    def load(self, ck: dict) -> None:
-        """Restore a :meth:`checkpoint` (weights, optimizer, scheduler, scaler, iteration)."""
-        load_sam_state(self.sam, ck["model_state"])
-        if self.decoder is not None and ck.get("decoder_state"):
-            from ..models.unetr import has_image_skip
-
-            want = has_image_skip(ck["decoder_state"])
-            if want != self.decoder.image_skip:
-                raise ValueError(f"the run's AIS decoder has {'an' if want else 'no'} image-skip branch, this "
-                                 f"model's has {'one' if self.decoder.image_skip else 'none'}: resume "
-                                 f"with{'' if want else 'out'} --image-skip")
-            self.decoder.load_state_dict(ck["decoder_state"])
-        self.optimizer.load_state_dict(ck["optimizer_state"])
-        self.scheduler.load_state_dict(ck["scheduler_state"])
-        if ck.get("scaler_state"):
-            self.scaler.load_state_dict(ck["scaler_state"])
-        self.state = TrainState(int(ck["iteration"]), float(ck["best_metric"]), list(ck.get("history", [])))
-
-    def _save(self, name: str) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.checkpoint())
-
-    # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainState:
-        """Train until ``config.iterations`` (continuing from ``checkpoints/latest.pt`` with
-        ``resume``; every setting but ``iterations`` must be the same, so a finished run can be
-        extended); validates, logs and saves checkpoints on the way; returns the final state.
-        ``stop_after``: stop after this many iterations of this call (for tests / time limits)."""
-        from tqdm.auto import tqdm
-
-        cfg = self.config
-        seed_everything(cfg.seed)
-        latest = self.run_dir / "checkpoints" / "latest.pt"
-        if resume:
-            if not latest.is_file():
-                raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
-            ck = load_checkpoint(latest)
-            same = {k: v for k, v in cfg.to_dict().items() if k != "iterations"}
-            # settings added after a run was saved have their default there
-            saved = {**TrainConfig().to_dict(), **(ck.get("config") or {})}
-            if {k: v for k, v in saved.items() if k != "iterations"} != same:
-                raise ValueError(f"{latest} was written with other settings; resume needs the same ones\n"
-                                 f"  saved: {ck.get('config')}\n  now:   {cfg.to_dict()}")
-            self.load(ck)
-        write_config(self.run_dir, {"trainer": "joint", **cfg.to_dict(), "model": self.model.name})
-        log = RunLog(self.run_dir)
-        log.truncate_after(self.state.iteration)
-        done_here = 0
-        bar = tqdm(total=cfg.iterations, initial=self.state.iteration, desc="training", unit="it",
-                   disable=not progress)
-        t0 = time.perf_counter()
-        try:
-            while self.state.iteration < cfg.iterations:
-                it = self.state.iteration
-                values = self.train_step(it)
-                self.state.iteration = it + 1
-                values["lr"] = self.optimizer.param_groups[0]["lr"]
-                log.log(it + 1, "train", values)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k != "lr"})
-                bar.update(1)
-                if self.val_patches is not None and (it + 1) % cfg.validate_every == 0:
-                    self._after_validation(log, self.validate())
-                if (it + 1) % cfg.checkpoint_every == 0:
-                    self._save(f"iter_{it + 1}")
-                    self._save("latest")  # a killed run resumes from here
-                done_here += 1
-                if stop_after is not None and done_here >= stop_after and self.state.iteration < cfg.iterations:
-                    self._save("latest")
-                    return self.state
-            if self.val_patches is not None and cfg.iterations % cfg.validate_every:
-                self._after_validation(log, self.validate())
-            self._save("latest")
-        finally:
-            bar.close()
-            log.log(self.state.iteration, "time", {"seconds_this_session": time.perf_counter() - t0})
-            log.close()
-        return self.state
-
-    def _after_validation(self, log: RunLog, val: dict) -> None:
-        it = self.state.iteration
-        log.log(it, "val", val)
-        self.scheduler.step(val["metric"])
-        self.state.history.append({"iteration": it, **val})
-        if val["metric"] < self.state.best_metric:
-            self.state.best_metric = val["metric"]
-            self._save("best")
-
-    # ------------------------------------------------------------------ export
-    def export(self, out_dir: str | Path | None = None, which: str = "best") -> dict[str, Path]:
-        """Export ``checkpoints/<which>.pt`` (falls back to latest) in the released layout
-        (``sam.pt`` + ``sam_decoder.pt``) and as ``{model_state, decoder_state}``
-        (``model_and_decoder.pt``); returns the paths."""
+    def _export(self, ck: dict[str, Any], out: Path) -> dict[str, Path]:
+        """The released layout (``sam.pt`` + ``sam_decoder.pt``) and ``{model_state, decoder_state}``
+        (``model_and_decoder.pt``)."""
         from ..models.checkpoint import write_model_and_decoder, write_released
 
-        out = Path(out_dir) if out_dir else self.run_dir / "export"
-        src = self.run_dir / "checkpoints" / f"{which}.pt"
-        if not src.is_file():
-            src = self.run_dir / "checkpoints" / "latest.pt"
-        ck = load_checkpoint(src)
-        sam_state = {k[len("sam."):]: v for k, v in ck["model_state"].items()}
+        sam = sam_state(ck["model_state"])
         dec = ck.get("decoder_state")
-        sam_path, dec_path = write_released(sam_state, dec, out / "sam.pt")
-        both = write_model_and_decoder(sam_state, dec, out / "model_and_decoder.pt")
-        files = {"sam": sam_path, "model_and_decoder": both, "checkpoint": src}
+        sam_path, dec_path = write_released(sam, dec, out / "sam.pt")
+        files = {"sam": sam_path, "model_and_decoder": write_model_and_decoder(sam, dec, out / "model_and_decoder.pt")}
         if dec_path is not None:
             files["decoder"] = dec_path
         return files
