@@ -40,7 +40,7 @@ def noisy_maps() -> np.ndarray:
 
 
 def random_vit_b():
-    from pathosam.model import PathoSAM
+    from pathosam.predictor import PathoSAM
     from pathosam.models.sam import build_sam
     from pathosam.models.unetr import UNETRDecoder
 

@@ -56,9 +56,9 @@ def main() -> None:
 
     import pathosam
     from pathosam.datasets import open_dataset
-    from pathosam.evaluation.automatic import evaluate_automatic, prepare_groundtruth
+    from pathosam.evaluation.grid_search import evaluate_automatic, prepare_groundtruth
     from pathosam.evaluation.baseline import classical_nuclei
-    from pathosam.evaluation.interactive import run_interactive
+    from pathosam.evaluation.iterative_prompting import run_interactive
     from pathosam.evaluation.metrics import mean_segmentation_accuracy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +107,7 @@ def main() -> None:
     res["seconds_per_512px_image"] = {"embedded": per_tile_seconds(model)}
     res["seconds_per_tile"] = {"embedded": per_tile_seconds(model, side=outer_tile(model), tiled=False)}
     if not args.no_vit_b:
-        from pathosam.model import PathoSAM
+        from pathosam.predictor import PathoSAM
         from pathosam.models import build_sam
         from pathosam.models.unetr import UNETRDecoder
 

@@ -3,7 +3,7 @@
 Measures, on one image:
   * the one-off embedding (image encoder) time, and the cost of an :class:`EmbeddingCache` hit
     (hashing the image) for the same image;
-  * per prompt through :func:`pathosam.prompts.segment_prompt` (median and best of ``--repeats``):
+  * per prompt through :func:`pathosam.interactive.segment_prompt` (median and best of ``--repeats``):
     a single positive point (best of SAM's 3 masks), a box, a point correction that feeds the
     previous low-res logits back (2 points + ``mask_input``), and a binary mask prompt (box +
     logits derived from it); the same point prompt on a tiled embedding (``--tile``/``--halo``,
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     from pathosam.embeddings import ImageEmbeddings
     from pathosam.image import preprocess_shape
-    from pathosam.model import PathoSAM
+    from pathosam.predictor import PathoSAM
     from pathosam.models.sam import build_sam
-    from pathosam.prompts import EmbeddingCache, segment_prompt
+    from pathosam.interactive import EmbeddingCache, segment_prompt
     from pathosam.tiling import tile_grid
 
     model = PathoSAM(build_sam("vit_b"), device="cpu", name="vit_b_random")

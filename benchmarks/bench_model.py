@@ -102,7 +102,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from pathosam.model import PathoSAM
+    from pathosam.predictor import PathoSAM
     from pathosam.models import UNETRDecoder, build_sam
 
     rss0 = peak_rss_gb()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import pathosam
-from pathosam.model import PathoSAM
+from pathosam.predictor import PathoSAM
 from pathosam.models import SamConfig, build_sam
 from pathosam.models.unetr import UNETRDecoder
 

@@ -31,7 +31,7 @@ def shared() -> Path:
 def build(name: str):
     import torch
 
-    from pathosam.model import PathoSAM
+    from pathosam.predictor import PathoSAM
     from pathosam.models import SamConfig, build_sam
     from pathosam.models.unetr import UNETRDecoder
 

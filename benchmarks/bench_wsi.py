@@ -124,7 +124,7 @@ def run_memory_one(size: int, workdir: Path) -> dict:
 
 
 def bench_speed(threads: int, roi) -> dict:
-    from pathosam.model import PathoSAM
+    from pathosam.predictor import PathoSAM
     from pathosam.models.sam import build_sam
     from pathosam.models.unetr import UNETRDecoder
     from pathosam.wsi.pipeline import SlideOptions, segment_slide

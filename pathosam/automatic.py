@@ -138,7 +138,7 @@ def segment_nuclei(
     -------
     Segmentation
     """
-    from .model import PathoSAM, load_model
+    from .predictor import PathoSAM, load_model
 
     if mode not in ("ais", "amg"):
         raise ValueError(f"mode must be 'ais' or 'amg', got {mode!r}")

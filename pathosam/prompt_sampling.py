@@ -6,7 +6,7 @@ order**, integer pixel coordinates of the mask, not scaled to the model's input 
 ``numpy.random.Generator`` passed in, so a seed reproduces the prompts.
 
 Used by the training prompt schedule (:mod:`pathosam.training.prompts`) and by the iterative
-prompting protocol (:mod:`pathosam.evaluation.interactive`).
+prompting protocol (:mod:`pathosam.evaluation.iterative_prompting`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pathosam
-from pathosam.model import build_decoder, build_sam_from_state
+from pathosam.predictor import build_decoder, build_sam_from_state
 from pathosam.models import CheckpointError, SamConfig, build_sam, read_checkpoint
 from pathosam.models.unetr import UNETRDecoder
 

@@ -54,7 +54,7 @@ def test_point_prompts_at_ground_truth_centres(small_model, data_dir):
     """Interactive use: one positive point at every nucleus centre (the reference's point start)
     on a validation image the model never saw (gbm40_06), in 128 px crops: the image size the
     model embeds untiled at its training scale (PathoSAM's is 512)."""
-    from pathosam.evaluation.interactive import run_interactive
+    from pathosam.evaluation.iterative_prompting import run_interactive
 
     image = tifffile.imread(data_dir / "gbm40" / "images" / "gbm40_06.tif")
     labels = tifffile.imread(data_dir / "gbm40" / "labels" / "gbm40_06.tif")
@@ -76,7 +76,7 @@ def test_beats_the_classical_baseline_on_validation_images(small_model, data_dir
     split (never trained on); all three datasets: benchmarks/bench_embedded.py, docs/models.md."""
     import json
 
-    from pathosam.evaluation.automatic import prepare_groundtruth
+    from pathosam.evaluation.grid_search import prepare_groundtruth
     from pathosam.evaluation.baseline import classical_nuclei
     from pathosam.evaluation.metrics import mean_segmentation_accuracy
 
@@ -97,7 +97,7 @@ def test_shape_seeds_beat_the_baseline_where_the_reference_seeds_lose(small_mode
     """The two MoNuSeg validation images on which AIS with the reference's seeds lost to the
     classical baseline (large vesicular nuclei split, pale nuclei fragmented; docs/models.md):
     with the registered shape seeds the model is ahead on both."""
-    from pathosam.evaluation.automatic import prepare_groundtruth
+    from pathosam.evaluation.grid_search import prepare_groundtruth
     from pathosam.evaluation.baseline import classical_nuclei
     from pathosam.evaluation.metrics import mean_segmentation_accuracy
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pathosam.automatic import decoder_maps
-from pathosam.evaluation.automatic import (
+from pathosam.evaluation.grid_search import (
     QUICK_GRIDS,
     ais_grid_labels,
     evaluate_automatic,

@@ -1,4 +1,4 @@
-"""Iterative-prompting evaluation (pathosam.evaluation.interactive).
+"""Iterative-prompting evaluation (pathosam.evaluation.iterative_prompting).
 
 * Initial prompts against ``vectors/interactive/interactive.npz`` (micro-sam's
   ``get_centers_and_bounding_boxes`` mode 'v' and ``_get_batched_prompts``): exact.
@@ -21,7 +21,7 @@ import pytest
 import tifffile
 
 import pathosam.prompt_sampling as prompt_sampling
-from pathosam.evaluation.interactive import (
+from pathosam.evaluation.iterative_prompting import (
     InteractiveResult,
     _relabel_sequential,
     initial_box_prompts,

@@ -16,7 +16,7 @@ import torch
 import pathosam
 from pathosam.automatic import decoder_maps, segment_nuclei
 from pathosam.instances.ais import ais_from_maps
-from pathosam.model import PathoSAM
+from pathosam.predictor import PathoSAM
 from pathosam.models.unetr import UNETRDecoder, has_image_skip
 from tests.test_small_models import _randomise, small_model
 

@@ -54,7 +54,7 @@ def test_settings_equal_single_calls_for_shape_seeds():
 
 
 def test_grid_of_a_shape_seed_model_searches_its_seed_parameters():
-    from pathosam.evaluation.automatic import AIS_GRID, AIS_SHAPE_GRID, ais_grid_labels, default_grid
+    from pathosam.evaluation.grid_search import AIS_GRID, AIS_SHAPE_GRID, ais_grid_labels, default_grid
 
     assert default_grid("ais") == AIS_GRID
     grid = default_grid("ais", "shape", quick=True)

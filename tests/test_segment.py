@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pathosam.instances import ais_from_maps
-from pathosam.model import PathoSAM
+from pathosam.predictor import PathoSAM
 from pathosam.automatic import segment, segment_nuclei
 from pathosam.inference import resolve_tiling
 from pathosam.semantic import nucleus_classes

@@ -14,11 +14,11 @@ import torch
 
 import pathosam
 from pathosam.embeddings import compute_embeddings
-from pathosam.model import PathoSAM
+from pathosam.predictor import PathoSAM
 from pathosam.models import SamConfig, build_sam, config_from_state_dict
 from pathosam.models.checkpoint import read_checkpoint
 from pathosam.models.unetr import UNETRDecoder, features_from_state_dict, unetr_features
-from pathosam.prompts import logits_from_mask, segment_prompt
+from pathosam.interactive import logits_from_mask, segment_prompt
 
 SMALL = dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,))
 

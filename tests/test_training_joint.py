@@ -155,7 +155,7 @@ def test_two_optimizer_steps_per_iteration_and_frozen_decoder_option(gbm40, tmp_
 def test_short_run_lowers_the_validation_loss_and_raises_msa(gbm40, tmp_path):
     """Training from scratch for a short while: the validation metric falls and the AIS mSA on
     held-out images rises above the untrained model's (numbers in docs/training.md)."""
-    from pathosam.evaluation.automatic import evaluate_automatic
+    from pathosam.evaluation.grid_search import evaluate_automatic
 
     train, val = gbm40
     cfg = TrainConfig(iterations=60, batch_size=2, patch_shape=(128, 128), n_objects=6, n_sub_iterations=2,

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 import pathosam
-from pathosam.model import PathoSAM
+from pathosam.predictor import PathoSAM
 from pathosam.models.checkpoint import read_checkpoint
 from pathosam.models.sam import SamConfig, build_sam
 from pathosam.models.unetr import UNETRDecoder
 from pathosam.training.losses import weighted_cross_entropy
 from pathosam.training.run import load_checkpoint
-from pathosam.training.semantic import SemanticTrainer, train_semantic
+from pathosam.training.semantic_trainer import SemanticTrainer, train_semantic
 from pathosam.training.semantic_setup import (
     REFERENCE_CLASS_WEIGHTS,
     SemanticConfig,

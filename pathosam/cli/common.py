@@ -58,7 +58,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def load_model_from_args(args: argparse.Namespace, classes: bool = False):
     """The model named by ``--model``/``--checkpoint``/``--decoder`` (+ a semantic decoder when
     ``classes``: ``--semantic-decoder FILE`` or the registry model's own)."""
-    from ..model import load_model
+    from ..predictor import load_model
 
     name = args.checkpoint or args.model
     if name is None:

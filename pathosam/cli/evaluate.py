@@ -90,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         info["tta"] = True
     t0 = time.perf_counter()
     if args.mode.startswith("interactive"):
-        from ..evaluation.interactive import evaluate_interactive
+        from ..evaluation.iterative_prompting import evaluate_interactive
         from ..evaluation.report import write_iteration_report
         from ..io.table import write_table
 
@@ -110,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
 
     from ..automatic import ais_params
-    from ..evaluation.automatic import default_grid, evaluate_automatic
+    from ..evaluation.grid_search import default_grid, evaluate_automatic
     from ..evaluation.report import write_automatic_report
 
     # the model's own seed rule is searched (pathosam_small: shape seeds and its size filter)

@@ -119,7 +119,7 @@ def _datasets(args):
 
 def _initial_model(args):
     from .common import UsageError
-    from ..model import load_model
+    from ..predictor import load_model
 
     if args.init.startswith("new:"):
         from ..training.models import new_model
@@ -160,7 +160,7 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"train": train.names, "val": val.names}, indent=1))
     if args.semantic:
-        from ..training.semantic import train_semantic
+        from ..training.semantic_trainer import train_semantic
         from ..training.semantic_setup import SemanticConfig
 
         cfg = SemanticConfig(

@@ -31,7 +31,7 @@ from .folder import FolderDataset
 from .masks import CryoNuSegDataset, GlaSDataset, NuInsSegDataset, TNBCDataset
 from .matlab import CoNSePDataset, CPMDataset, LizardDataset
 from .pannuke import PanNukeDataset
-from .polygons import PUMA_CLASSES, MoNuSegDataset, PUMADataset
+from .polygon_annotations import PUMA_CLASSES, MoNuSegDataset, PUMADataset
 from .transforms import pad_sample, padding_for, split_names, unpad
 
 __all__ = [

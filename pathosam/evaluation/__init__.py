@@ -1,5 +1,5 @@
 """Evaluation: metrics (:mod:`.metrics`), automatic segmentation with the reference's grid search
-(:mod:`.automatic`), the iterative-prompting protocol (:mod:`.interactive`) and reports
+(:mod:`.grid_search`), the iterative-prompting protocol (:mod:`.iterative_prompting`) and reports
 (:mod:`.report`); ``pathosam evaluate`` is :mod:`pathosam.cli.evaluate`.
 
 Names are resolved on first use, so importing this package stays cheap (no scipy until a
@@ -15,11 +15,11 @@ _METRICS = (
     "panoptic_quality", "panoptic_quality_per_class", "sa50", "sa75", "semantic_dice", "weighted_dice",
 )
 _PROTOCOLS = {
-    "evaluate_automatic": "automatic", "score_labels": "automatic", "prepare_groundtruth": "automatic",
-    "AIS_GRID": "automatic", "AIS_SHAPE_GRID": "automatic", "AMG_GRID": "automatic", "default_grid": "automatic",
-    "AutomaticEvaluation": "automatic",
-    "run_interactive": "interactive", "evaluate_interactive": "interactive", "object_prompts": "interactive",
-    "InteractiveResult": "interactive", "write_automatic_report": "report", "write_interactive_report": "interactive",
+    **dict.fromkeys(("evaluate_automatic", "score_labels", "prepare_groundtruth", "AIS_GRID", "AIS_SHAPE_GRID",
+                     "AMG_GRID", "default_grid", "AutomaticEvaluation"), "grid_search"),
+    **dict.fromkeys(("run_interactive", "evaluate_interactive", "object_prompts", "InteractiveResult",
+                     "write_interactive_report"), "iterative_prompting"),
+    "write_automatic_report": "report",
 }
 _LAZY = {**{name: "metrics" for name in _METRICS}, **_PROTOCOLS}
 

@@ -104,7 +104,7 @@ def _csv(df, path: Path) -> Path:
 
 
 def write_automatic_report(evaluation, out_dir: str | os.PathLike, info: Mapping | None = None) -> dict[str, Path]:
-    """Write the tables, summary and plots of an :class:`~pathosam.evaluation.automatic.AutomaticEvaluation`."""
+    """Write the tables, summary and plots of an :class:`~pathosam.evaluation.grid_search.AutomaticEvaluation`."""
     import pandas as pd
 
     out = Path(out_dir)

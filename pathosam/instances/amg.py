@@ -79,7 +79,7 @@ from .params import AMG_DEFAULTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..embeddings import ImageEmbeddings
-    from ..model import PathoSAM
+    from ..predictor import PathoSAM
 
 __all__ = [
     "MaskCandidates",

@@ -45,7 +45,7 @@ from __future__ import annotations
 from .atomic import atomic_file_set, atomic_write, partial_path, prepare_output_dir
 from .geojson import write_geojson
 from .labels import read_label_tiff, write_label_tiff
-from .polygons import label_outlines, label_polygons
+from .outlines import label_outlines, label_polygons
 from .table import nuclei_table, nucleus_table, write_table
 
 __all__ = [

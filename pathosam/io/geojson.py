@@ -1,7 +1,7 @@
 """QuPath-importable GeoJSON of a label image: one Feature per nucleus, streamed to disk.
 
 Format (see ``reference/samapi-qupath.md`` section 4): a ``FeatureCollection`` whose Features
-carry the exact pixel-edge outline (:func:`~pathosam.io.polygons.label_polygons`) in
+carry the exact pixel-edge outline (:func:`~pathosam.io.outlines.label_polygons`) in
 full-resolution pixel-corner coordinates (x = col, y = row), ``properties.objectType``,
 ``properties.classification`` (``{"name", "color": [r, g, b]}``) when the nucleus has a class,
 and ``properties.measurements`` (numbers only; a value that is not finite is left out, never
@@ -26,7 +26,7 @@ import pandas as pd
 
 from .atomic import atomic_write
 from .labels import as_label_image
-from .polygons import Part, label_outlines, label_polygons, object_outline
+from .outlines import Part, label_outlines, label_polygons, object_outline
 from .schema import CLASS_COLORS, COLUMNS, COORDINATE_DECIMALS, class_color, classification
 from .table import nucleus_table
 
@@ -103,7 +103,7 @@ def make_feature(
     lid: int, parts: list[Part], object_type: str = "detection", class_name: str = "",
     measurements: dict | None = None, id_namespace: str | None = "",
 ) -> dict:
-    """One QuPath Feature: outline ``parts`` (as :func:`~pathosam.io.polygons.label_outlines`
+    """One QuPath Feature: outline ``parts`` (as :func:`~pathosam.io.outlines.label_outlines`
     yields them: (x, y) pixel corners), a classification when ``class_name`` is non-empty,
     finite measurements only."""
     feature: dict = {"type": "Feature"}

@@ -15,7 +15,7 @@ those classes replaced by inert stand-ins, and a file that references anything e
 Every problem with a file ends in a :class:`CheckpointError` (a ValueError) naming the file:
 unreadable bytes here, malformed weights in :func:`check_state` (missing / unexpected keys,
 wrong shapes, non-tensors, non-floating weights, NaN/inf values), which the model builders in
-``pathosam.model`` call before ``load_state_dict``.
+``pathosam.predictor`` call before ``load_state_dict``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class Engine:
         if m is not None:
             self._models.move_to_end(source.key)
             return m
-        from ..model import load_model
+        from ..predictor import load_model
 
         sam, decoder = self.store.local_files(source)
         while len(self._models) >= self.max_loaded_models:

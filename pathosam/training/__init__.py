@@ -2,7 +2,7 @@
 
 These are pure functions (numpy / torch) that reproduce the reference's (micro-sam ``train_sam``,
 patho-sam semantic training) objective. The trainers: :class:`~pathosam.training.trainer.JointTrainer`
-and :func:`~pathosam.training.semantic.train_semantic`, both on the one loop of
+and :func:`~pathosam.training.semantic_trainer.train_semantic`, both on the one loop of
 :mod:`pathosam.training.loop`. The prompt simulation shared with the interactive evaluation
 (bounding boxes, correction points) is :mod:`pathosam.prompt_sampling`.
 """

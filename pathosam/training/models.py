@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import PathoSAM
+from ..predictor import PathoSAM
 
 
 def new_model(

@@ -28,8 +28,8 @@ from ..io.atomic import atomic_write
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``: CUDA, then MPS, then CPU (the rule of :class:`pathosam.model.PathoSAM`)."""
-    from ..model import resolve_device as model_device
+    """``"auto"``: CUDA, then MPS, then CPU (the rule of :class:`pathosam.predictor.PathoSAM`)."""
+    from ..predictor import resolve_device as model_device
 
     return model_device(device)
 

@@ -1,6 +1,6 @@
 """What a semantic-head run starts from: its settings, its class weights, its initial decoder.
 
-The trainer itself is :mod:`pathosam.training.semantic`.
+The trainer itself is :mod:`pathosam.training.semantic_trainer`.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def _batch(patches, epoch: int, indices: Sequence[int]) -> tuple[torch.Tensor, t
 
 
 class JointTrainer(TrainingLoop):
-    """Train a :class:`~pathosam.model.PathoSAM` (SAM + AIS decoder) with micro-sam's objective.
+    """Train a :class:`~pathosam.predictor.PathoSAM` (SAM + AIS decoder) with micro-sam's objective.
 
     Parameters
     ----------

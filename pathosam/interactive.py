@@ -40,7 +40,7 @@ from .tiling import Block, Tile, tile_slices
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import ImageEmbeddings
     from .image import Normalization
-    from .model import PathoSAM
+    from .predictor import PathoSAM
 
 __all__ = [
     "EmbeddingCache",

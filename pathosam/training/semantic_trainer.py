@@ -112,7 +112,7 @@ class _IterationBatches(torch.utils.data.Sampler):
 
 
 class SemanticTrainer(TrainingLoop):
-    """Train the semantic UNETR head of a :class:`~pathosam.model.PathoSAM` (see the module docstring).
+    """Train the semantic UNETR head of a :class:`~pathosam.predictor.PathoSAM` (see the module docstring).
 
     Parameters
     ----------
@@ -162,7 +162,7 @@ class SemanticTrainer(TrainingLoop):
         ck = self._latest_checkpoint() if resume else None
 
         if ck is not None:
-            from ..model import build_decoder
+            from ..predictor import build_decoder
 
             decoder = build_decoder(ck["semantic_decoder_state"])
         else:

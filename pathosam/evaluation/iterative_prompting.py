@@ -49,7 +49,7 @@ from ..relabel import relabel_consecutive
 if TYPE_CHECKING:  # pragma: no cover
     from ..embeddings import ImageEmbeddings
     from ..image import Normalization
-    from ..model import PathoSAM
+    from ..predictor import PathoSAM
 
 __all__ = [
     "InteractiveResult",

@@ -1,4 +1,4 @@
-"""Prompted segmentation (pathosam.prompts) against the reference vectors and by construction.
+"""Prompted segmentation (pathosam.interactive) against the reference vectors and by construction.
 
 Untiled: every stored ``SamPredictor`` and micro-sam ``segment_from_*`` case of
 ``vectors/model/prompts_<k>.npz`` through :func:`segment_prompt` (tolerances of
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import pathosam
-from pathosam.prompts import (
+from pathosam.interactive import (
     EmbeddingCache,
     InteractiveSession,
     box_from_mask,
