@@ -23,6 +23,7 @@ Normalisation modes (``normalization=``):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -224,6 +225,45 @@ def describe_error(err: BaseException) -> str:
     if kind.islower() and type(err).__module__ not in ("builtins", "__main__"):
         kind = f"{type(err).__module__}.{kind}"  # zlib.error, struct.error
     return f"{kind}: {text}" if text and kind not in ("ImageReadError", "ValueError", "OSError") else (text or kind)
+
+
+def tiff_mpp(tif) -> float | None:
+    """Pixel size (um/px) of an open ``tifffile.TiffFile`` from OME-XML, an Aperio description or
+    the resolution tags; None when unknown."""
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if m and (unit is None or unit.group(1) in ("µm", "um", "\u00b5m")):
+            return float(m.group(1))
+    page = tif.pages[0]
+    desc = page.tags.get("ImageDescription")
+    if desc is not None and isinstance(desc.value, str):
+        m = re.search(r"MPP\s*=\s*([0-9.]+)", desc.value)
+        if m:
+            return float(m.group(1))
+    xres, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if xres is not None and unit is not None:
+        num, den = xres.value
+        if num > 0 and den > 0:
+            per_unit = num / den  # pixels per unit
+            scale = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # inch, centimetre -> um
+            if scale and per_unit > 1:  # 1 px/unit = "no resolution" placeholder
+                return scale / per_unit
+    return None
+
+
+def pixel_size(path: str | os.PathLike) -> float | None:
+    """Pixel size in um/px recorded in an image file (TIFF metadata), or None when the file has
+    none or is not a TIFF. Never raises for an unreadable file (reading reports that)."""
+    try:
+        if not is_tiff(path):
+            return None
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return tiff_mpp(tif)
+    except Exception:  # noqa: BLE001 - metadata is optional; read_image reports broken files
+        return None
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, labels: bool = False) -> np.ndarray:

@@ -213,3 +213,24 @@ def test_other_commands_check_their_output_first(command, tmp_path, capsys, corp
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and "Traceback" not in err, err
+
+
+def test_image_pixel_size_gives_area_in_um2(tmp_path, corpus, capsys):
+    """`pathosam segment` passes the image's pixel size (TIFF resolution, or --mpp) to the table."""
+    import pandas as pd
+    import tifffile
+
+    from pathosam.image import pixel_size
+
+    rgb = read_image(next(p for p in corpus["valid"] if p.name == "valid_image.png"))
+    tif = tmp_path / "res.tif"
+    tifffile.imwrite(tif, rgb, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert pixel_size(tif) == pytest.approx(0.5)
+    assert pixel_size(next(p for p in corpus["valid"] if p.name == "valid_image.png")) is None
+    assert pixel_size(next(p for p in corpus["images"] if p.name == "raw_trunc8.tif")) is None
+    out = tmp_path / "out"
+    assert main(["segment", str(tif), "-o", str(out), "-q"]) == 0
+    table = pd.read_parquet(out / "res.parquet")
+    assert len(table) and np.allclose(table["area_um2"], table["area"] * 0.25)
+    assert main(["segment", str(tif), "-o", str(out), "-q", "--mpp", "0.25"]) == 0
+    assert np.allclose(pd.read_parquet(out / "res.parquet")["area_um2"], table["area"] * 0.0625)

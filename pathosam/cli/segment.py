@@ -78,7 +78,7 @@ def _segment_image(args: argparse.Namespace, path: str, name: str, model, format
     import time
 
     from ..automatic import save_segmentation, segment_nuclei
-    from ..image import read_image
+    from ..image import pixel_size, read_image
 
     if os.path.abspath(os.path.join(args.output, f"{name}.tif")) == os.path.abspath(path):
         raise ValueError("the label TIFF would overwrite the input; choose another output directory")
@@ -88,7 +88,8 @@ def _segment_image(args: argparse.Namespace, path: str, name: str, model, format
                             tile_shape=None if args.no_tiling else (args.tile_shape or "auto"), halo=args.halo,
                             batch_size=args.batch_size, classes=args.classes, normalization=args.normalization,
                             progress=not args.quiet, tta=args.tta, **params)
-    save_segmentation(result, args.output, name, formats, progress=False)
+    mpp = args.mpp or pixel_size(path)  # area_um2 in the table where the pixel size is known
+    save_segmentation(result, args.output, name, formats, progress=False, mpp=mpp)
     tiling = f"tiled {result.tile_shape[0]}x{result.tile_shape[1]}+{result.halo[0]}" if result.tile_shape else "untiled"
     print(f"{path}: {result.n_objects} nuclei ({image.shape[0]}x{image.shape[1]} px, {tiling}, "
           f"{time.perf_counter() - t0:.1f} s) -> {os.path.join(args.output, name)}.*")
@@ -229,7 +230,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("whole slides (SVS, NDPI, MRXS, ... and pyramidal or very large TIFF)")
     g.add_argument("--target-mpp", type=float, default=0.25,
                    help="model resolution in um/px; slides are rescaled to it (default 0.25 = 40x)")
-    g.add_argument("--mpp", type=float, help="the slide's pixel size in um/px (overrides its metadata)")
+    g.add_argument("--mpp", type=float, help="pixel size in um/px (overrides the file's metadata; images too: area_um2)")
     g.add_argument("--no-rescale", action="store_true", help="use the slide's pixels as they are")
     g.add_argument("--no-tissue-mask", action="store_true", help="also run the model on background tiles")
     g.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),

@@ -9,10 +9,11 @@ transparent areas over a white background.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
+
+from ..image import tiff_mpp
 
 #: Suffixes handled by OpenSlide first (TIFF-based ones fall back to tifffile if OpenSlide refuses).
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".tif", ".tiff",
@@ -172,7 +173,7 @@ class TiffSlide(Slide):
             self._levels.append(zarr.open(store, mode="r"))
             self.level_shapes.append(self._rc_shape(lvl.shape))
         self.shape = self.level_shapes[0]
-        self.mpp = _tiff_mpp(self._tif)
+        self.mpp = tiff_mpp(self._tif)
         from ..image import tiff_truncation
 
         problem = tiff_truncation(self._tif, self.path.stat().st_size)
@@ -213,30 +214,6 @@ class TiffSlide(Slide):
 
     def close(self) -> None:
         self._tif.close()
-
-
-def _tiff_mpp(tif) -> float | None:
-    """Pixel size (um/px) from OME-XML, an Aperio description, or the resolution tags."""
-    if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if m and (unit is None or unit.group(1) in ("µm", "um", "\u00b5m")):
-            return float(m.group(1))
-    page = tif.pages[0]
-    desc = page.tags.get("ImageDescription")
-    if desc is not None and isinstance(desc.value, str):
-        m = re.search(r"MPP\s*=\s*([0-9.]+)", desc.value)
-        if m:
-            return float(m.group(1))
-    xres, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if xres is not None and unit is not None:
-        num, den = xres.value
-        if num > 0 and den > 0:
-            per_unit = num / den  # pixels per unit
-            scale = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # inch, centimetre -> um
-            if scale and per_unit > 1:  # 1 px/unit = "no resolution" placeholder
-                return scale / per_unit
-    return None
 
 
 def open_slide(path: str | os.PathLike) -> Slide:
