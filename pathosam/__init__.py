@@ -13,7 +13,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ImageEmbeddings": "embeddings", "PathoSAM": "model", "load_model": "model", "ais_from_maps": "instances",
+    "ImageEmbeddings": "embeddings", "PathoSAM": "predictor", "load_model": "predictor", "ais_from_maps": "instances",
     "segment": "automatic", "segment_nuclei": "automatic", "Segmentation": "automatic",
 }
 
