@@ -19,8 +19,9 @@ Coordinates: blocks are ``((row0, col0), (row1, col1))`` in pixels of the full i
 exclusive (:mod:`pathosam.tiling`); maps are float32 (C, rows, cols).
 
 The conversion rule (:class:`TileInputs`): ``normalization="none"`` converts the *whole image*
-to RGB uint8 once (RGB uint8 passes unchanged; other dtypes are scaled by the whole image's
-range, so a pixel has the same value in every tile and untiled) and cuts the blocks from it;
+to RGB uint8 once by :func:`pathosam.image.to_rgb_uint8`'s rule (RGB uint8 unchanged, 8-bit
+values of other dtypes cast, anything else scaled by the whole image's range, so a pixel has the
+same value in every tile and untiled) and cuts the blocks from it;
 ``"minmax"`` stretches every block on its own (the reference's per-tile normalisation).
 """
 
