@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from pathosam.embedding_cache import EmbeddingCache
     from pathosam.embeddings import ImageEmbeddings
     from pathosam.image import preprocess_shape
     from pathosam.predictor import PathoSAM
     from pathosam.models.sam import build_sam
-    from pathosam.interactive import EmbeddingCache, segment_prompt
+    from pathosam.interactive import segment_prompt
     from pathosam.tiling import tile_grid
 
     model = PathoSAM(build_sam("vit_b"), device="cpu", name="vit_b_random")

@@ -16,18 +16,15 @@ points ``(x, y)``, boxes ``(x0, y0, x1, y1)``; arrays (masks, images) are indexe
   outside it are dropped with a warning, the box is clipped), predicted there and pasted into a
   full-size zero mask.
 
-:class:`InteractiveSession` keeps one image's embeddings and accumulates prompts (with undo),
-so every further click costs only the prompt encoder and mask decoder. :class:`EmbeddingCache`
-is a small thread-safe LRU of embeddings keyed by image content, model and tiling.
+Click-by-click sessions on one image are :class:`pathosam.interactive_session.InteractiveSession`;
+embeddings kept between requests, :class:`pathosam.embedding_cache.EmbeddingCache`.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,12 +36,9 @@ from .tiling import Block, Tile, tile_slices
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import ImageEmbeddings
-    from .image import Normalization
     from .predictor import PathoSAM
 
 __all__ = [
-    "EmbeddingCache",
-    "InteractiveSession",
     "PromptResult",
     "box_from_mask",
     "logits_from_mask",
@@ -238,7 +232,9 @@ class PromptResult:
 
 
 # ---------------------------------------------------------------------------- prompting
-def _as_points(points: ArrayLike | None, point_labels: ArrayLike | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+def as_points(points: ArrayLike | None, point_labels: ArrayLike | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Checked ``(points (N, 2) float64 (x, y), labels (N,) int64)``; labels default to 1, and
+    no (or zero) points give ``(None, None)``."""
     if points is None:
         if point_labels is not None:
             raise ValueError("point_labels given without points")
@@ -328,7 +324,7 @@ def segment_prompt(
     select another tile the reference raises; here a warning is given and the anchor's tile is
     used. Objects larger than one outer block are cut at its border.
     """
-    pts, labels = _as_points(points, point_labels)
+    pts, labels = as_points(points, point_labels)
     bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(-1)
     if bx is not None and (bx.shape != (4,) or not np.isfinite(bx).all()):
         raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box!r}")
@@ -410,290 +406,3 @@ def segment_prompt(
         full[(slice(None), *tile_slices(block))] = masks
         masks = full
     return PromptResult(masks, ious, logits, None if emb.tiles is None else index, block, best_index)
-
-
-# ---------------------------------------------------------------------------- embedding cache
-def _image_hash(image: np.ndarray) -> str:
-    import xxhash
-
-    h = xxhash.xxh3_128()
-    h.update(repr((image.shape, image.dtype.str)).encode())
-    h.update(np.ascontiguousarray(image).data)
-    return h.hexdigest()
-
-
-class EmbeddingCache:
-    """Least-recently-used cache of image embeddings in memory (thread-safe).
-
-    Keyed by the image content (a 128-bit xxh3 hash of its bytes, shape and dtype), the model
-    id, the tiling (``tile_shape``, ``halo``, rows/cols) and the normalisation. Concurrent
-    requests for the same key compute the embedding once.
-
-    Parameters
-    ----------
-    model : PathoSAM
-        The model whose ``embed`` computes missing entries.
-    max_entries : int
-        How many embeddings are kept (the least recently used is dropped first).
-    progress : bool
-        Show the embedding progress bar for misses.
-
-    Examples
-    --------
-    >>> cache = EmbeddingCache(model, max_entries=4)
-    >>> emb = cache.get(image, tile_shape=(384, 384), halo=(64, 64))   # computed
-    >>> emb = cache.get(image, tile_shape=(384, 384), halo=(64, 64))   # from memory
-    """
-
-    def __init__(self, model: PathoSAM, max_entries: int = 4, progress: bool = False) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        self.model = model
-        self.max_entries = int(max_entries)
-        self.progress = progress
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[Hashable, ImageEmbeddings] = OrderedDict()
-        self._lock = threading.Lock()
-        self._key_locks: dict[Hashable, threading.Lock] = {}
-
-    def key(
-        self,
-        image: np.ndarray | None = None,
-        tile_shape: tuple[int, int] | None = None,
-        halo: tuple[int, int] | None = None,
-        normalization: Normalization = "none",
-        image_hash: str | None = None,
-    ) -> tuple:
-        """The cache key of an image (or of its precomputed ``image_hash``) and settings."""
-        if image_hash is None:
-            if image is None:
-                raise ValueError("give image or image_hash")
-            image_hash = _image_hash(np.asarray(image))
-        if tile_shape is None:
-            if halo is not None:
-                raise ValueError("halo given without tile_shape")
-            tiling = None
-        else:
-            tiling = (tuple(int(v) for v in tile_shape), tuple(int(v) for v in (halo or (0, 0))))
-        return (image_hash, getattr(self.model, "model_id", None), tiling, normalization)
-
-    def get(
-        self,
-        image: np.ndarray,
-        tile_shape: tuple[int, int] | None = None,
-        halo: tuple[int, int] | None = None,
-        normalization: Normalization = "none",
-        image_hash: str | None = None,
-    ) -> ImageEmbeddings:
-        """Embeddings of ``image`` (H, W[, C], indexed [row, col]), computed on a miss.
-
-        ``tile_shape`` / ``halo`` are (rows, cols) as in ``model.embed``; ``image_hash`` skips
-        hashing when the caller already identifies the image (it must change with the pixels).
-        """
-        key = self.key(image, tile_shape, halo, normalization, image_hash)
-        with self._lock:
-            hit = self._lookup(key)
-            if hit is not None:
-                return hit
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        try:
-            with key_lock:
-                with self._lock:
-                    hit = self._lookup(key)
-                    if hit is not None:
-                        return hit
-                emb = self.model.embed(np.asarray(image), tile_shape=tile_shape, halo=halo,
-                                       normalization=normalization, progress=self.progress)
-                with self._lock:
-                    self.misses += 1
-                    self._entries[key] = emb
-                    while len(self._entries) > self.max_entries:
-                        self._entries.popitem(last=False)
-                return emb
-        finally:
-            with self._lock:
-                if self._key_locks.get(key) is key_lock:
-                    del self._key_locks[key]
-
-    def _lookup(self, key) -> ImageEmbeddings | None:
-        emb = self._entries.get(key)
-        if emb is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-        return emb
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def keys(self) -> list[Hashable]:
-        """Keys from least to most recently used."""
-        with self._lock:
-            return list(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-# ---------------------------------------------------------------------------- interactive session
-@dataclass
-class _State:
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    box: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    result: PromptResult | None = None
-
-
-class InteractiveSession:
-    """Click-by-click segmentation of one object at a time on one image.
-
-    The embeddings are computed once (or taken from ``embeddings`` / an :class:`EmbeddingCache`);
-    every prompt change re-runs only the prompt encoder and mask decoder on all accumulated
-    prompts. Points are ``(x, y)``, boxes ``(x0, y0, x1, y1)``, in full-image pixels; masks are
-    (H, W) indexed [row, col].
-
-    Parameters
-    ----------
-    model : PathoSAM
-        The model.
-    image : np.ndarray, optional
-        The image (H, W[, C]); embedded with ``tile_shape``/``halo``/``normalization``.
-    embeddings : ImageEmbeddings, optional
-        Precomputed embeddings instead of ``image``.
-    tile_shape, halo : tuple of int, optional
-        Tiling (rows, cols) for embedding ``image``; None = untiled.
-    normalization : {"none", "minmax"}
-        Input normalisation for embedding ``image``.
-    cache : EmbeddingCache, optional
-        Take the embeddings from (and leave them in) this cache.
-    feed_logits : bool
-        Pass the previous result's low-res logits as ``mask_input`` with the next prediction
-        (SAM's iterative refinement; micro-sam's evaluation default is off). They are only
-        fed when the prompts stay in the same tile; they replace a mask prompt's own logits.
-
-    Examples
-    --------
-    >>> s = InteractiveSession(model, image)
-    >>> s.add_point(120, 80)                 # best of 3 masks
-    >>> s.add_point(131, 95, positive=False) # refine: costs only the mask decoder
-    >>> s.undo(); mask = s.mask
-    """
-
-    def __init__(
-        self,
-        model: PathoSAM,
-        image: np.ndarray | None = None,
-        *,
-        embeddings: ImageEmbeddings | None = None,
-        tile_shape: tuple[int, int] | None = None,
-        halo: tuple[int, int] | None = None,
-        normalization: Normalization = "none",
-        cache: EmbeddingCache | None = None,
-        feed_logits: bool = False,
-    ) -> None:
-        if (image is None) == (embeddings is None):
-            raise ValueError("give exactly one of image or embeddings")
-        if embeddings is None:
-            if cache is not None:
-                embeddings = cache.get(image, tile_shape, halo, normalization)
-            else:
-                embeddings = model.embed(image, tile_shape=tile_shape, halo=halo, normalization=normalization,
-                                         progress=False)
-        self.model = model
-        self.embeddings = embeddings
-        self.feed_logits = feed_logits
-        self._state = _State()
-        self._history: list[_State] = []
-
-    # -------------------------------------------------------------- state
-    @property
-    def points(self) -> np.ndarray:
-        """(N, 2) accumulated points (x, y)."""
-        return self._state.points.copy()
-
-    @property
-    def labels(self) -> np.ndarray:
-        """(N,) their labels (1 object, 0 background)."""
-        return self._state.labels.copy()
-
-    @property
-    def box(self) -> np.ndarray | None:
-        return None if self._state.box is None else self._state.box.copy()
-
-    @property
-    def result(self) -> PromptResult | None:
-        """The latest prediction (None before the first prompt or after ``reset``)."""
-        return self._state.result
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        """(H, W) bool current mask, or None."""
-        return None if self._state.result is None else self._state.result.mask
-
-    # -------------------------------------------------------------- prompts
-    def add_point(self, x: float, y: float, positive: bool = True) -> PromptResult:
-        """Add one point (x, y) (object if ``positive``) and predict."""
-        return self.add_points([(x, y)], [1 if positive else 0])
-
-    def add_points(self, points: ArrayLike, labels: ArrayLike) -> PromptResult:
-        """Add (N, 2) points (x, y) with (N,) labels at once (one prediction)."""
-        pts, lab = _as_points(points, labels)
-        if pts is None:
-            raise ValueError("no points given")
-        s = self._state
-        return self._apply(_State(np.concatenate([s.points, pts]), np.concatenate([s.labels, lab]), s.box, s.mask))
-
-    def set_box(self, box: ArrayLike) -> PromptResult:
-        """Set (replace) the box (x0, y0, x1, y1) and predict."""
-        s = self._state
-        b = np.asarray(box, dtype=np.float64).reshape(4)
-        return self._apply(_State(s.points, s.labels, b, s.mask))
-
-    def set_mask(self, mask: np.ndarray) -> PromptResult:
-        """Set (replace) a binary mask prompt (H, W) and predict (box + logits from it)."""
-        s = self._state
-        return self._apply(_State(s.points, s.labels, s.box, np.asarray(mask).astype(bool)))
-
-    def predict(self) -> PromptResult:
-        """Predict again from the current prompts (e.g. after changing ``feed_logits``)."""
-        if self._state.result is None:
-            raise ValueError("no prompts yet")
-        s = self._state
-        return self._apply(_State(s.points, s.labels, s.box, s.mask), record=False)
-
-    def undo(self) -> PromptResult | None:
-        """Go back to the state before the last prompt change; returns its result."""
-        if self._history:
-            self._state = self._history.pop()
-        return self._state.result
-
-    def reset(self) -> None:
-        """Forget all prompts, results and history (start a new object)."""
-        self._state = _State()
-        self._history.clear()
-
-    def _apply(self, new: _State, record: bool = True) -> PromptResult:
-        emb = self.embeddings
-        pts = new.points if len(new.points) else None
-        lab = new.labels if len(new.labels) else None
-        prev = self._state.result
-        mask_input, tile = None, None
-        if self.feed_logits and prev is not None:
-            tile = select_tile(emb, pts, new.box, new.mask)
-            if tile == prev.tile:
-                mask_input = prev.mask_input
-        new.result = segment_prompt(
-            self.model, emb, pts, lab, new.box, new.mask, mask_input, None,
-            use_mask=mask_input is None, tile=tile if mask_input is not None else None,
-        )
-        if record:
-            self._history.append(self._state)
-        self._state = new
-        return new.result

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 import pathosam
+from pathosam.embedding_cache import EmbeddingCache
 from pathosam.interactive import (
-    EmbeddingCache,
-    InteractiveSession,
     box_from_mask,
     logits_from_mask,
     segment_prompt,
     select_tile,
 )
+from pathosam.interactive_session import InteractiveSession
 from pathosam.tiling import tile_grid, tile_slices
 
 from .conftest import read_png

@@ -78,20 +78,22 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) 
     from ..inference import paste_inner, resolve_tiling
     from ..instances import ais_from_maps
 
-    key = (source.key, image_key(b64img))
-    cached = engine.cached(key)  # untiled embeddings only: used when AIS would not tile either
+    cache = engine.embeddings  # untiled embeddings only: used when AIS would not tile either
+    key = None if cache is None else cache.key(image_hash=image_key(b64img), model=model)
+    cached = None if cache is None else cache.peek(key)
     rgb = None if cached is not None and not model.needs_image() else decode_image(b64img, engine.max_image_pixels)
-    shape = cached[1] if cached is not None else rgb.shape[:2]
+    shape = cached.image_shape if cached is not None else rgb.shape[:2]
     if min(shape) < MIN_SIDE:
         raise RequestError(400, f"image of {shape[1]}x{shape[0]} px is too small for automask "
                                 f"(at least {MIN_SIDE}x{MIN_SIDE})")
     ts, hl = resolve_tiling(shape, "auto", None, model.img_size)
     if ts is None:  # one chunk
         if cached is not None:
-            emb = cached[0]
+            emb = cached
         else:
             emb = model.embed(rgb, progress=False)
-            engine.remember(key, emb, shape)
+            if cache is not None:
+                cache.put(key, emb)
         maps = model.instance_maps(emb, progress=False, image=rgb)
         checkpoint()
         labels, foreground = ais_from_maps(maps, **ais_params(model).__dict__), maps[0]
@@ -126,7 +128,8 @@ def _ais(engine, model, source, b64img: str, body: SAMAutoMaskBody, checkpoint) 
 def _amg(engine, model, source, b64img: str, body: SAMAutoMaskBody, output_type: str, checkpoint) -> list[dict]:
     from ..instances.amg import box_nms, generate_mask_candidates, postprocess_small_regions
 
-    _, emb, shape = engine.embedding(source, b64img, model)
+    _, emb = engine.embedding(source, b64img, model)
+    shape = emb.image_shape
     cands = generate_mask_candidates(  # batch size capped: ~21 MB per point on CPU, same masks
         model, emb, points_per_side=body.points_per_side or 32,
         points_per_batch=min(body.points_per_batch, 64), pred_iou_thresh=body.pred_iou_thresh,

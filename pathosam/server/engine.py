@@ -9,8 +9,9 @@ two bounded LRU caches:
 
 * models: up to ``max_loaded_models`` :class:`~pathosam.PathoSAM` (default 1, i.e. one model
   in memory; switching reloads from disk, as samapi does);
-* image embeddings: up to ``embedding_cache`` entries keyed by (model, SHA-256 of the ``b64img``
-  string), each ~4 MiB; samapi keeps only the last image string of each worker.
+* image embeddings: an :class:`~pathosam.embedding_cache.EmbeddingCache` of up to
+  ``embedding_cache`` untiled embeddings keyed by (SHA-256 of the ``b64img`` string, the model's
+  ``model_id``), each ~4 MiB; samapi keeps only the last image string of each worker.
 
 Prompt coordinates are pixels of the sent image: points (x, y), boxes (x0, y0, x1, y1),
 x = column, y = row.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..embedding_cache import EmbeddingCache
 from .errors import RequestError
 from .geometry import mask_features
 from .images import decode_image, image_key
@@ -111,7 +113,7 @@ class Engine:
     device : str
         Torch device for :func:`pathosam.load_model`.
     embedding_cache : int
-        Embeddings kept (LRU).
+        Embeddings kept (LRU; 0: none).
     max_loaded_models : int
         Models kept in memory (LRU).
     max_image_pixels : int
@@ -127,7 +129,8 @@ class Engine:
         self.max_image_pixels = int(max_image_pixels)
         self.lock = ModelLock()
         self._models: OrderedDict[str, object] = OrderedDict()
-        self._embeddings: OrderedDict[tuple[str, str], tuple[object, tuple[int, int]]] = OrderedDict()
+        #: untiled embeddings of all models, keyed by (SHA-256 of ``b64img``, ``model_id``); None: no caching
+        self.embeddings = EmbeddingCache(max_entries=self.embedding_cache) if self.embedding_cache else None
         self.stats = {"requests": 0, "embedding_hits": 0, "embeddings": 0, "model_loads": 0, "chunks": 0}
 
     # ------------------------------------------------------------------ models
@@ -155,35 +158,24 @@ class Engine:
         return m
 
     def embedding(self, source: ModelSource, b64img: str, model=None):
-        """``(model, ImageEmbeddings, (H, W))`` of the image, from the cache when possible
-        (call with :attr:`lock` held)."""
+        """``(model, ImageEmbeddings)`` of the image (untiled), from the cache when possible
+        (call with :attr:`lock` held); the image is decoded only when it must be embedded."""
         model = model or self.model(source)
-        key = (source.key, image_key(b64img))
-        hit = self.cached(key)
-        if hit is not None:
+
+        def decoded():
+            return decode_image(b64img, self.max_image_pixels)
+
+        cache, image_hash = self.embeddings, image_key(b64img)
+        emb = None if cache is None else cache.peek(cache.key(image_hash=image_hash, model=model))
+        if emb is not None:
             self.stats["embedding_hits"] += 1
-            return model, hit[0], hit[1]
-        rgb = decode_image(b64img, self.max_image_pixels)
-        emb = model.embed(rgb, progress=False)
+            return model, emb
+        if cache is None:  # --embedding-cache 0
+            emb = model.embed(decoded(), progress=False)
+        else:
+            emb = cache.get(decoded, image_hash=image_hash, model=model)
         self.stats["embeddings"] += 1
-        self.remember(key, emb, rgb.shape[:2])
-        return model, emb, rgb.shape[:2]
-
-    def cached(self, key: tuple[str, str]):
-        """``(ImageEmbeddings, (H, W))`` cached under (model key, image key), or None."""
-        hit = self._embeddings.get(key)
-        if hit is not None:
-            self._embeddings.move_to_end(key)
-        return hit
-
-    def remember(self, key: tuple[str, str], emb, shape: tuple[int, int]) -> None:
-        """Put an untiled embedding into the LRU cache."""
-        if self.embedding_cache == 0:
-            return
-        self._embeddings[key] = (emb, (int(shape[0]), int(shape[1])))
-        self._embeddings.move_to_end(key)
-        while len(self._embeddings) > self.embedding_cache:
-            self._embeddings.popitem(last=False)
+        return model, emb
 
     # ------------------------------------------------------------------ endpoints
     def prompt(self, source: ModelSource, b64img: str, prompt: Prompt, multimask: bool, sam_model: str,
@@ -192,8 +184,8 @@ class Engine:
         taken before any waiting automask)."""
         with self.lock.hold(job, priority=True):
             self.stats["requests"] += 1
-            model, emb, shape = self.embedding(source, b64img)
-            p = fit_prompt(prompt, shape)
+            model, emb = self.embedding(source, b64img)
+            p = fit_prompt(prompt, emb.image_shape)
             masks, ious, _ = model.predict(emb, points=p.points, point_labels=p.labels, box=p.box,
                                            multimask=multimask)
         return mask_features(masks, ious, sam_model)
