@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def per_tile_seconds(model, repeats: int = 3, side: int = 512, tiled: bool = True) -> float:
     """Median seconds for the AIS maps of a random ``side`` x ``side`` RGB image (auto tiling as
     ``pathosam segment``, or one untiled tile)."""
-    from pathosam.automatic import decoder_maps
+    from pathosam.inference import decoder_maps
 
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)

@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 
 from .image import IMAGE_SUFFIXES, Normalization, check_image
-from .inference import decoder_maps  # noqa: F401 - public here too (pathosam.automatic.decoder_maps)
 from .inference import (TileInputs, image_tiles, input_size, iter_tile_maps, postprocessing_halo, resolve_tiling,
                         tile_outputs)
 from .instances.params import AISParams, AMGParams, parameter_names

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pathosam.automatic import decoder_maps
+from pathosam.inference import decoder_maps
 from pathosam.evaluation.grid_search import (
     QUICK_GRIDS,
     ais_grid_labels,

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import pathosam
-from pathosam.automatic import decoder_maps, segment_nuclei
+from pathosam.automatic import segment_nuclei
+from pathosam.inference import decoder_maps
 from pathosam.instances.ais import ais_from_maps
 from pathosam.predictor import PathoSAM
 from pathosam.models.unetr import UNETRDecoder, has_image_skip

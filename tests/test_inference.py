@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathosam.automatic import decoder_maps, segment_nuclei
+from pathosam.automatic import segment_nuclei
+from pathosam.inference import decoder_maps
 from pathosam.image import to_rgb_uint8
 from pathosam.inference import TileInputs, image_tiles, paste_inner
 from pathosam.instances import ais_from_maps

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import pathosam
+import pathosam.inference
 from pathosam.embeddings import compute_embeddings
 from pathosam.predictor import PathoSAM
 from pathosam.models import SamConfig, build_sam, config_from_state_dict
@@ -196,7 +197,7 @@ def test_segment_nuclei_tiled_and_untiled(saved, image):
     for ts in (None, (192, 192)):
         seg = pathosam.segment_nuclei(image, model, tile_shape=ts, halo=(32, 32) if ts else None, progress=False)
         assert seg.labels.shape == image.shape[:2] and seg.labels.dtype == np.uint32
-    maps = pathosam.automatic.decoder_maps(model, image, tile_shape=(192, 192), halo=(32, 32))
+    maps = pathosam.inference.decoder_maps(model, image, tile_shape=(192, 192), halo=(32, 32))
     assert maps.shape == (3, 300, 420)
 
 

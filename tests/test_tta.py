@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathosam.automatic import decoder_maps, segment_nuclei
+from pathosam.automatic import segment_nuclei
+from pathosam.inference import decoder_maps
 from pathosam.training.models import new_model
 
 from .test_segment import MapsFromImage, disk_image
