@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from ..instances.params import AMG_DEFAULTS
+
 __all__ = [
     "DEFAULT_CHECKPOINT_URLS", "OUTPUT_TYPES", "ModelType", "SAMAutoMaskBody", "SAMBody", "SAMWeightsBody",
 ]
@@ -109,23 +111,24 @@ class SAMBody(BaseModel):
 
 
 class SAMAutoMaskBody(BaseModel):
-    """``POST /sam/automask/``: automatic segmentation of the whole sent image (samapi defaults)."""
+    """``POST /sam/automask/``: automatic segmentation of the whole sent image (samapi's defaults,
+    which are SAM's: :data:`pathosam.instances.params.AMG_DEFAULTS`)."""
 
     model_config = _LENIENT
 
     type: ModelType = ModelType.vit_h
     b64img: Text
-    points_per_side: LenientInt | None = Field(32, ge=1, le=64)
-    points_per_batch: LenientInt = Field(64, ge=1, le=1024)
-    pred_iou_thresh: Finite = 0.88
-    stability_score_thresh: Finite = 0.95
-    stability_score_offset: Finite = 1.0
-    box_nms_thresh: Finite = 0.7
+    points_per_side: LenientInt | None = Field(AMG_DEFAULTS.points_per_side, ge=1, le=64)
+    points_per_batch: LenientInt = Field(AMG_DEFAULTS.points_per_batch, ge=1, le=1024)
+    pred_iou_thresh: Finite = AMG_DEFAULTS.pred_iou_thresh
+    stability_score_thresh: Finite = AMG_DEFAULTS.stability_score_thresh
+    stability_score_offset: Finite = AMG_DEFAULTS.stability_score_offset
+    box_nms_thresh: Finite = AMG_DEFAULTS.box_nms_thresh
     crop_n_layers: LenientInt = Field(0, ge=0)
-    crop_nms_thresh: Finite = 0.7
+    crop_nms_thresh: Finite = AMG_DEFAULTS.crop_nms_thresh
     crop_overlap_ratio: Finite = 512 / 1500
     crop_n_points_downscale_factor: LenientInt = 1
-    min_mask_region_area: LenientInt = Field(0, ge=0)
+    min_mask_region_area: LenientInt = Field(AMG_DEFAULTS.min_mask_region_area, ge=0)
     output_type: Annotated[Text, Field(max_length=100)] = "Single Mask"
     include_image_edge: bool = False
     checkpoint_url: Url | None = None
