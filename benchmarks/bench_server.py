@@ -8,6 +8,9 @@ the first request; the client sends one request per connection, as the extension
 * sequential: ms per prompt (median, p90) and requests/s with one client;
 * concurrent: requests/s with ``--clients`` clients at once (inference is serialised in the
   server, so this shows the overhead of queueing, not extra throughput);
+* with ``--during-automask N``: point prompts sent while an automask of an N x N image runs
+  (prompts go before waiting automasks; the automask yields between tiles): prompt latency
+  median / max, against the idle median of the same run, and the automask's own time;
 * in-process split of one prompt: ``model.predict`` (prompt encoder + mask decoder + upsampling
   to the image) and mask -> Feature geometry, so that HTTP + JSON overhead = request - both;
   and the geometry of a compact ~18 x 12 px nucleus-like mask for comparison.
@@ -19,7 +22,7 @@ ragged, which makes the geometry step slower than for real nuclei. Pass ``--mode
 name in the cache or a file) for a real checkpoint.
 
     python benchmarks/bench_server.py --threads 2 [--requests 200] [--clients 4] [--model FILE]
-        [--image PNG] [--json OUT.json]
+        [--image PNG] [--json OUT.json] [--during-automask 1536]
 """
 
 from __future__ import annotations
@@ -97,6 +100,44 @@ def start_server(model: str, port: int, threads: int, workdir: Path) -> subproce
     raise RuntimeError("server did not start")
 
 
+def prompts_during_automask(port: int, rgb: np.ndarray, size: int, bodies: list[bytes]) -> dict:
+    """Send prompts one after another while an automask of a ``size`` x ``size`` image (``rgb``
+    tiled) runs in another connection; latencies of the prompts answered before it finished."""
+    import threading
+
+    from PIL import Image
+
+    big = np.tile(rgb, (-(-size // rgb.shape[0]), -(-size // rgb.shape[1]), 1))[:size, :size]
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "PNG")
+    auto = gson({"type": "vit_b", "b64img": base64.b64encode(buf.getvalue()).decode(),
+                 "output_type": "Multi-mask (all)", "include_image_edge": True})
+    done: dict = {}
+
+    def run_automask() -> None:
+        t = time.perf_counter()
+        done["status"], answer = post(port, "/sam/automask/", auto)
+        done["s"], done["n"] = time.perf_counter() - t, len(json.loads(answer)) if done["status"] == 200 else -1
+
+    worker = threading.Thread(target=run_automask)
+    worker.start()
+    time.sleep(1.0)  # the automask has started (request decoded, first tiles running)
+    lat = []
+    for b in bodies:
+        if "s" in done:
+            break
+        t = time.perf_counter()
+        status, _ = post(port, "/sam/", b)
+        lat.append(time.perf_counter() - t)
+        assert status == 200
+    worker.join()
+    ms = np.array(lat) * 1000
+    return {"automask_image": f"{size}x{size}", "automask_s": round(done["s"], 2), "automask_nuclei": done["n"],
+            "prompts_during_automask": len(lat),
+            "during_automask_ms_per_prompt_median": round(float(np.median(ms)), 1) if len(ms) else None,
+            "during_automask_ms_per_prompt_max": round(float(np.max(ms)), 1) if len(ms) else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="registry name or weights file (default: the tiny reference model)")
@@ -105,6 +146,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of server and in-process runs")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--during-automask", type=int, metavar="N",
+                        help="also time prompts sent while an automask of an N x N image runs")
     args = parser.parse_args()
 
     import torch
@@ -148,6 +191,7 @@ def main() -> None:
             statuses = list(pool.map(lambda b: post(port, "/sam/", b)[0], bodies))
         conc_s = time.perf_counter() - t_all
         assert set(statuses) == {200}
+        during = prompts_during_automask(port, rgb, args.during_automask, bodies) if args.during_automask else {}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -186,6 +230,7 @@ def main() -> None:
         "in_process_predict_ms_min": round(float(np.min(pred)) * 1000, 1),
         "in_process_geometry_ms_median": round(float(np.median(geom)) * 1000, 1),
         "geometry_ms_nucleus_like_mask": round(float(np.median(nuc)) * 1000, 2),
+        **during,
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }
     print(json.dumps(result, indent=1))
