@@ -9,6 +9,13 @@ and two ratios that survive a noisy machine:
 Weights are random (no downloads): speed does not depend on their values.
 
     python benchmarks/bench_model.py --threads 2 [--arch vit_b] [--repeats 2]
+
+Side by side with micro-sam (``--microsam PYTHON``: the python of a micro-sam virtualenv, see
+``../shared/reference/microsam-install.md``): embedding + AIS decoder maps of the same 512 x 512
+real tile (``--tile PNG``, default the shared GBM40 tile) in alternating worker processes
+(:mod:`side_by_side`), the median of each side and their ratio; only this comparison is run.
+
+    python benchmarks/bench_model.py --threads 2 --microsam ~/.cache/microsam-venv/bin/python --rounds 3
 """
 
 from __future__ import annotations
@@ -92,13 +99,40 @@ def naive_unetr(dec, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(F.conv2d(y, dec.out_conv.weight.contiguous(), dec.out_conv.bias))
 
 
+def side_by_side(args: argparse.Namespace) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from side_by_side import compare
+
+    shared = Path(os.environ.get("PATHOSAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    tile = np.asarray(Image.open(args.tile or shared / "vectors/inputs/gbm40_512.png").convert("RGB"))
+    res = compare(tile, args.microsam, args.threads, args.rounds, args.repeats)
+    res = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+           "tile": f"{tile.shape[1]}x{tile.shape[0]}", **res}
+    print(json.dumps(res, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="vit_b")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--microsam", metavar="PYTHON", help="compare side by side with micro-sam run by this python")
+    ap.add_argument("--rounds", type=int, default=3, help="side by side: alternating worker pairs")
+    ap.add_argument("--tile", help="side by side: RGB tile (default: the shared 512 x 512 GBM40 tile)")
     args = ap.parse_args()
+    if args.microsam:
+        side_by_side(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
