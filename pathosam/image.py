@@ -200,8 +200,6 @@ def _read_pillow(path: Path, max_pixels: int, labels: bool = False) -> np.ndarra
     try:
         im = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as err:  # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) is lower
-        import re
-
         m = re.search(r"\((\d+) pixels\).*?limit of (\d+)", str(err))
         declared, limit = (int(m.group(1)), int(m.group(2))) if m else (max_pixels + 1, max_pixels)
         _check_size(declared, min(max_pixels, limit), f"{declared:,} px")
@@ -292,14 +290,15 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, labe
         if path.stat().st_size == 0:
             raise ImageReadError("the file is empty")
         image = _read_tiff(path, max_pixels) if is_tiff(path) else _read_pillow(path, max_pixels, labels)
-        if not labels:
-            check_image(image, str(path))
-        elif image.size == 0:
+        if labels and image.size == 0:
             raise ImageReadError(f"the image is empty (shape {image.shape})")
     except ImageReadError as err:
         raise ImageReadError(f"{path}: cannot read this file as an image: {err}") from None
     except Exception as err:  # noqa: BLE001 - the rule above: any decoder failure is the file's
-        if str(err).startswith(str(path)):
-            raise ImageReadError(str(err)) from None
         raise ImageReadError(f"{path}: cannot read this file as an image ({describe_error(err)})") from None
+    if not labels:
+        try:
+            check_image(image, str(path))  # its message names the file
+        except ValueError as err:
+            raise ImageReadError(str(err)) from None
     return image

@@ -127,15 +127,16 @@ def _segment(args: argparse.Namespace) -> int:
     model = load_model_from_args(args, classes=args.classes)
     print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
           file=sys.stderr)
-    client = _dask_client(args) if any(is_slide(p) for p in inputs) else None
+    slides = {p for p in inputs if is_slide(p)}  # reads each TIFF header once
+    client = _dask_client(args) if slides else None
     t_start = time.perf_counter()
     failed: list[str] = []
     n_nuclei = 0
     for path in inputs:
         name = image_name(path)
         try:  # the per-file boundary: whatever fails for this file, the batch goes on
-            if is_slide(path):
-                n_nuclei += _segment_one_slide(args, path, name, model, client)
+            if path in slides:
+                n_nuclei += _segment_one_slide(args, path, name, model, client, params)
             else:
                 n_nuclei += _segment_image(args, path, name, model, formats, params)
         except Exception as err:  # noqa: BLE001 - reported in one line; KeyboardInterrupt ends the batch
@@ -162,15 +163,15 @@ def _dask_client(args: argparse.Namespace):
     return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
 
 
-def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, client) -> int:
-    """The whole-slide path of ``pathosam segment``; returns the number of nuclei."""
+def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, client, params: dict) -> int:
+    """The whole-slide path of ``pathosam segment`` (``params``: the AIS options given); returns
+    the number of nuclei."""
     import time
 
     from ..wsi.pipeline import SlideOptions, segment_slide
 
     if args.mode != "ais":
         raise ValueError("whole slides are segmented with --mode ais")
-    params = parameter_values(args, AISParams)
     from ..automatic import ais_params
     from ..inference import auto_tiling
 

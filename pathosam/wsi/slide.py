@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image import tiff_mpp
+from ..image import describe_error, tiff_mpp
 
 #: Suffixes handled by OpenSlide first (TIFF-based ones fall back to tifffile if OpenSlide refuses).
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".tif", ".tiff",
@@ -58,8 +58,6 @@ class Slide:
         try:
             return self._read(row, col, height, width, level)
         except Exception as err:  # noqa: BLE001 - any decoder failure is the file's (see image.read_image)
-            from ..image import describe_error
-
             raise SlideReadError(
                 f"{self.path}: cannot read the region at row {row}, col {col} ({height} x {width} px, "
                 f"level {level}): {describe_error(err)}"
