@@ -95,6 +95,7 @@ def segment_nuclei(
     progress: bool = True,
     tta: bool = False,
     on_tiles: Callable[[list[Tile], list[np.ndarray]], None] | None = None,
+    precision: str | None = None,
     **params,
 ) -> Segmentation:
     """Segment every nucleus of ``image`` automatically.
@@ -127,6 +128,9 @@ def segment_nuclei(
         AIS: called after each batch of tiles (untiled: once, with one whole-image tile) with the
         tiles and their float32 (3, h, w) instance maps of each tile's outer block (read only). It
         may raise to stop the segmentation (cooperative cancellation: time limits, clients gone).
+    precision : {"fp32", "bf16", "fp16", "auto"}, optional
+        Arithmetic of the model for this call (:mod:`pathosam.precision`); None: the loaded
+        model's (``load_model(precision=)``), fp32 for a model loaded here.
     **params
         Post-processing parameters: for AIS the fields of :class:`AISParams`
         (``center_distance_threshold``, ..., ``min_size``; those not given come from the
@@ -153,7 +157,8 @@ def segment_nuclei(
 
         model = DEFAULT_MODEL
     if not isinstance(model, PathoSAM):
-        model = load_model(model, semantic_decoder=True if classes else None, progress=progress)
+        model = load_model(model, semantic_decoder=True if classes else None, progress=progress,
+                           precision=precision or "fp32")
     if mode == "ais" and model.decoder is None:
         raise ValueError(f"model {model.name!r} has no instance (AIS) decoder; use mode='amg' or load a decoder")
     if classes and model.semantic_decoder is None:
@@ -164,13 +169,16 @@ def segment_nuclei(
         raise ValueError(f"image of {image.shape[0]}x{image.shape[1]} px is too small to segment "
                          f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
     ts, hl = resolve_tiling(image.shape[:2], tile_shape, halo, input_size(model))
-    if mode == "ais":
-        ais = ais_params(model, params)
-        result = _ais(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta, on_tiles)
-        result.parameters = {"mode": mode, **ais.__dict__, **({"tta": True} if tta else {})}
-    else:
-        result = _amg(model, image, ts, hl, params, classes, batch_size, normalization, progress)
-        result.parameters = {"mode": mode, **params}
+    with model.using(precision):
+        if mode == "ais":
+            ais = ais_params(model, params)
+            result = _ais(model, image, ts, hl, ais, classes, batch_size, normalization, progress, tta, on_tiles)
+            result.parameters = {"mode": mode, **ais.__dict__, **({"tta": True} if tta else {})}
+        else:
+            result = _amg(model, image, ts, hl, params, classes, batch_size, normalization, progress)
+            result.parameters = {"mode": mode, **params}
+        if model.precision != "fp32":
+            result.parameters["precision"] = model.precision
     result.tile_shape, result.halo = ts, hl
     return result
 

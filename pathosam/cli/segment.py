@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
+from ..precision import bf16_hint, describe
 from .common import (EXIT_FAILURE, EXIT_OK, UsageError, add_model_arguments, checked_output_dir, error,
                      load_model_from_args, pair)
 
@@ -125,8 +126,11 @@ def _segment(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     checked_output_dir(args.output)  # a bad -o is found before any work
     model = load_model_from_args(args, classes=args.classes)
-    print(f"model: {model.name} on {model.device}; mode {args.mode}{' with tta' if args.tta else ''}",
-          file=sys.stderr)
+    print(f"model: {model.name} on {model.device} ({describe(model.precision, model.device)}); mode {args.mode}"
+          f"{' with tta' if args.tta else ''}", file=sys.stderr)
+    hint = bf16_hint(model.precision, model.device)
+    if hint and not getattr(args, "quiet", False):
+        print(f"note: {hint}", file=sys.stderr)
     slides = {p for p in inputs if is_slide(p)}  # reads each TIFF header once
     client = _dask_client(args) if slides else None
     t_start = time.perf_counter()

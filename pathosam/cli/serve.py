@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import registry
-from .common import EXIT_OK, PROG, UsageError
+from .common import EXIT_OK, PROG, UsageError, add_precision_argument
 
 class _ModelAction(argparse.Action):
     """``--model X``: append a served model (the first given is the default)."""
@@ -43,8 +43,15 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, value in (("--max-request-seconds", args.max_request_seconds), ("--body-timeout", args.body_timeout)):
         if not value >= 0 or value == float("inf"):
             raise UsageError(f"{flag} must be a number of seconds >= 0 (0 = no limit), got {value}")
+    from ..precision import resolve_precision
+    from ..predictor import resolve_device
+
+    try:
+        resolve_precision(args.precision, resolve_device(args.device))
+    except ValueError as err:
+        raise UsageError(f"--precision: {err}") from None
     config = ServerConfig(
-        models=args.served or [ServedModel(registry.DEFAULT_MODEL)], device=args.device,
+        models=args.served or [ServedModel(registry.DEFAULT_MODEL)], device=args.device, precision=args.precision,
         allow_downloads=args.allow_downloads or args.allow_remote_weights,
         allow_remote_weights=args.allow_remote_weights, max_request_mb=args.max_request_mb,
         max_image_pixels=args.max_image_pixels, embedding_cache=args.embedding_cache,
@@ -80,6 +87,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder", action=_DecoderAction, metavar="FILE", dest="served",
                    help="instance-decoder file of the --model given just before it")
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    add_precision_argument(p)
     p.add_argument("--allow-downloads", action="store_true",
                    help="download registered (hash-verified) models that are not cached when requested")
     p.add_argument("--allow-remote-weights", action="store_true",

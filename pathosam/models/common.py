@@ -16,6 +16,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 result whatever ``x``'s dtype (the statistics are computed in float32)."""
+        x = x.float()
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
@@ -32,7 +34,8 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        """In the dtype of the weights (``x`` is cast to it)."""
+        return self.lin2(self.act(self.lin1(x.to(self.lin1.weight.dtype))))
 
 
 class MLP(nn.Module):

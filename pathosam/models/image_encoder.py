@@ -15,6 +15,17 @@ from .common import LayerNorm2d, MLPBlock
 
 # Rows of queries processed at once in global attention: bounds the (rows x N) score matrix.
 ATTENTION_QUERY_CHUNK = 1024
+#: Attention kernel: "auto" = ``F.scaled_dot_product_attention`` on CUDA (fused kernels, the
+#: relative positions as an additive float mask) and the explicit chunked softmax elsewhere
+#: (on CPU torch's SDPA with a float mask is slower); "sdpa" / "explicit" force one (tests).
+ATTENTION_KERNEL = "auto"
+
+
+def use_sdpa(q: torch.Tensor) -> bool:
+    """Whether attention on ``q``'s device uses ``F.scaled_dot_product_attention`` (:data:`ATTENTION_KERNEL`)."""
+    if ATTENTION_KERNEL == "auto":
+        return q.device.type == "cuda"
+    return ATTENTION_KERNEL == "sdpa"
 
 
 class PatchEmbed(nn.Module):
@@ -25,7 +36,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)
 
 
 def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -58,11 +69,20 @@ class Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C) in the dtype of the weights (float32, or bf16 / fp16 with
+        :mod:`pathosam.precision`). The explicit kernel computes scores, relative positions and
+        softmax in float32 whatever the weights (on this project's CPUs that is also faster than
+        mixed-dtype scores); SDPA (CUDA) runs its fused kernel on q, k, v in the weights' dtype
+        (it accumulates scores and softmax in float32 internally)."""
         B, H, W, _ = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        dtype = self.qkv.weight.dtype
+        qkv = self.qkv(x.to(dtype)).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
-        rh = relative_positions(H, H, self.rel_pos_h)  # (H, H, c)
+        rh = relative_positions(H, H, self.rel_pos_h)  # (H, H, c), float32
         rw = relative_positions(W, W, self.rel_pos_w)  # (W, W, c)
+        sdpa = use_sdpa(q)
+        if not sdpa:
+            q, k, v = q.float(), k.float(), v.float()
         n = H * W
         out = torch.empty_like(q)
         # Score rows are computed in chunks so that global attention never holds the full
@@ -73,16 +93,20 @@ class Attention(nn.Module):
             qc = q[:, start:stop]
             rows = (stop - start) // W
             r0 = start // W
-            qg = qc.reshape(-1, rows, W, qc.shape[-1])
+            qg = qc.reshape(-1, rows, W, qc.shape[-1]).float()
             rel_h = torch.einsum("bhwc,hkc->bhwk", qg, rh[r0 : r0 + rows])
             rel_w = torch.einsum("bhwc,wkc->bhwk", qg, rw)
+            if sdpa:
+                bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(-1, stop - start, n)
+                out[:, start:stop] = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias.to(q.dtype))
+                continue
             attn = (qc * self.scale) @ k.transpose(-2, -1)
             scores = attn.view(-1, rows, W, H, W)  # + rel_h[q, kh] + rel_w[q, kw], in place
             scores += rel_h[:, :, :, :, None]
             scores += rel_w[:, :, :, None, :]
             out[:, start:stop] = torch.softmax(attn, dim=-1) @ v
         out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(out)
+        return self.proj(out.to(dtype))
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -169,7 +193,11 @@ class ImageEncoderViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x) + self.pos_embed
+        """(B, 3, S, S) -> (B, out_chans, S/16, S/16), float32. The residual stream and the norms
+        are float32 whatever the weights' dtype (:mod:`pathosam.precision`)."""
+        x = self.patch_embed(x) + self.pos_embed  # float32: pos_embed is never converted
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        conv1, norm1, conv2, norm2 = self.neck
+        x = norm1(conv1(x.permute(0, 3, 1, 2).to(conv1.weight.dtype)))
+        return norm2(conv2(x.to(conv2.weight.dtype)))

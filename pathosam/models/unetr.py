@@ -119,10 +119,19 @@ def instance_norm(
 ) -> torch.Tensor:
     """Normalise every (sample, channel) plane to zero mean / unit (biased) variance, then affine.
 
-    Equal to ``F.instance_norm``; on channels-last tensors it reduces over the contiguous
+    Equal to ``F.instance_norm``; bf16 / fp16 inputs get float32 statistics and affine map and a
+    result in their dtype. On channels-last tensors it reduces over the contiguous
     layout directly (shifted two-moment formula, shift = the mean of a pixel subsample, which
     keeps the variance free of cancellation), which is ~3x faster than ``F.instance_norm`` there.
     """
+    if x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4:
+        # Low precision: torch's batch norm of each sample on its own (mixed dtype: float32
+        # statistics and affine, result in x's dtype; 13x faster than upcasting). Its one-pass
+        # variance (~2e-3 off in float32) is far below the bf16 rounding of the result.
+        w = weight.float() if weight is not None else None
+        b = bias.float() if bias is not None else None
+        outs = [F.batch_norm(x[i : i + 1], None, None, w, b, True, 0.0, eps) for i in range(x.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
     if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
         return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
     B, C, H, W = x.shape
@@ -193,6 +202,7 @@ class DeconvBlock(nn.Module):
             # Train-mode BatchNorm on a batch of one sample == instance norm with BN's affine.
             x = instance_norm(x, bn.weight, bn.bias, bn.eps)
         elif bn_mode == "running":
+            x = x.float() if x.dtype != bn.running_mean.dtype else x  # float32 statistics
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         elif bn_mode == "batch":  # training: statistics of the batch, running statistics updated
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum, bn.eps)
@@ -200,7 +210,8 @@ class DeconvBlock(nn.Module):
                 bn.num_batches_tracked.add_(1)
         else:
             raise ValueError(f"bn_mode must be 'per_tile', 'running' or 'batch', got {bn_mode!r}")
-        return torch.relu(x) if bn_mode == "batch" else torch.relu_(x)
+        x = torch.relu(x) if bn_mode == "batch" else torch.relu_(x)
+        return x.to(conv.block.weight.dtype)
 
 
 class Decoder(nn.Module):
@@ -271,11 +282,13 @@ class UNETRDecoder(nn.Module):
 
         ``image``: the (B, 3, 16h, 16w) preprocessed model input (``Sam.preprocess``); needed by
         an ``image_skip`` decoder, ignored otherwise. Runs in channels-last layout (2x faster
-        convolutions on CPU); the output is contiguous.
+        convolutions on CPU) in the dtype of the weights (:mod:`pathosam.precision`, norms in
+        float32); the output is contiguous float32.
         """
         if self.image_skip and image is None:
             raise ValueError("this decoder reads the input image (image_skip): pass image=")
-        embeddings = embeddings.contiguous(memory_format=torch.channels_last)
+        dtype = self.out_conv.weight.dtype  # float32, or bf16 / fp16 (pathosam.precision)
+        embeddings = embeddings.to(dtype).contiguous(memory_format=torch.channels_last)
         z9 = self.deconv1(embeddings, bn_mode)
         z6 = self.deconv2(z9, bn_mode)
         z3 = self.deconv3(z6, bn_mode)
@@ -284,9 +297,9 @@ class UNETRDecoder(nn.Module):
         del z9, z6, z3
         parts = [self.deconv_out(x), z0]
         if self.image_skip:
-            parts.append(self.image_conv(image.contiguous(memory_format=torch.channels_last)))
+            parts.append(self.image_conv(image.to(dtype).contiguous(memory_format=torch.channels_last)))
         x = self.decoder_head(torch.cat(parts, dim=1))
-        x = self.out_conv(x)
+        x = self.out_conv(x).float()
         if self.final_activation == "sigmoid":
             x = torch.sigmoid(x)
         return x.contiguous()

@@ -158,7 +158,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     weights_dir = Path(config.weights_dir) if config.weights_dir else registry.cache_dir() / "server"
     store = WeightsStore(served_sources(config), weights_dir, config.allow_downloads, config.allow_remote_weights)
-    engine = Engine(store, config.device, config.embedding_cache, config.max_loaded_models, config.max_image_pixels)
+    engine = Engine(store, config.device, config.embedding_cache, config.max_loaded_models, config.max_image_pixels,
+                    precision=config.precision)
     load_served(store, engine)
 
     app = FastAPI(title="pathosam SAM-API compatible server", version=__version__)

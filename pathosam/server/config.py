@@ -35,6 +35,9 @@ class ServerConfig:
         the embedded model ``registry.DEFAULT_MODEL`` (``pathosam_small``, shipped in the package).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    precision : str
+        Arithmetic of the served models: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA),
+        ``"auto"`` (:mod:`pathosam.precision`).
     allow_downloads : bool
         Registered (hash-verified) models that are not cached may be downloaded on request.
     allow_remote_weights : bool
@@ -61,6 +64,7 @@ class ServerConfig:
 
     models: list[ServedModel] = field(default_factory=lambda: [ServedModel(registry.DEFAULT_MODEL)])
     device: str = "auto"
+    precision: str = "fp32"
     allow_downloads: bool = False
     allow_remote_weights: bool = False
     max_request_mb: float = 64.0

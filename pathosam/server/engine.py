@@ -118,12 +118,15 @@ class Engine:
         Models kept in memory (LRU).
     max_image_pixels : int
         Largest decoded image.
+    precision : str
+        Arithmetic of the loaded models (:mod:`pathosam.precision`).
     """
 
     def __init__(self, store: WeightsStore, device: str = "auto", embedding_cache: int = 4,
-                 max_loaded_models: int = 1, max_image_pixels: int = 4096 * 4096) -> None:
+                 max_loaded_models: int = 1, max_image_pixels: int = 4096 * 4096, precision: str = "fp32") -> None:
         self.store = store
         self.device = device
+        self.precision = precision
         self.embedding_cache = max(0, int(embedding_cache))
         self.max_loaded_models = max(1, int(max_loaded_models))
         self.max_image_pixels = int(max_image_pixels)
@@ -149,7 +152,7 @@ class Engine:
         try:
             # a registered model's file brings the registry's recommended AIS parameters along
             # (recognised by its hash in load_model: registry.entry_of_file)
-            m = load_model(sam, decoder=decoder, device=self.device, progress=False)
+            m = load_model(sam, decoder=decoder, device=self.device, progress=False, precision=self.precision)
         except (ValueError, OSError, RuntimeError) as err:  # CheckpointError is a ValueError
             what = str(err) if str(sam) in str(err) else f"{sam}: {err}"
             raise RequestError(503, f"could not load the weights {what}") from None
