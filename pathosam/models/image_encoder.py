@@ -15,6 +15,9 @@ from .common import LayerNorm2d, MLPBlock
 
 # Rows of queries processed at once in global attention: bounds the (rows x N) score matrix.
 ATTENTION_QUERY_CHUNK = 1024
+# Tokens per chunk of a block's LayerNorm + MLP + residual at inference: keeps the 4x-wide hidden
+# activations small enough to be reused from the heap (and cache) instead of page-faulted anew.
+MLP_TOKEN_CHUNK = 1024
 #: Attention kernel: "auto" = ``F.scaled_dot_product_attention`` on CUDA (fused kernels, the
 #: relative positions as an additive float mask) and the explicit chunked softmax elsewhere
 #: (on CPU torch's SDPA with a float mask is slower); "sdpa" / "explicit" force one (tests).
@@ -36,7 +39,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)
+        # contiguous (B, H, W, C): a permuted view would make every residual add and LayerNorm
+        # of the blocks inherit NCHW strides (a copy per LayerNorm, slow strided adds)
+        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 1).contiguous()
 
 
 def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -70,14 +75,49 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C) in the dtype of the weights (float32, or bf16 / fp16 with
-        :mod:`pathosam.precision`). The explicit kernel computes scores, relative positions and
-        softmax in float32 whatever the weights (on this project's CPUs that is also faster than
-        mixed-dtype scores); SDPA (CUDA) runs its fused kernel on q, k, v in the weights' dtype
-        (it accumulates scores and softmax in float32 internally)."""
+        :mod:`pathosam.precision`; see :meth:`_attend` for the attention arithmetic)."""
         B, H, W, _ = x.shape
         dtype = self.qkv.weight.dtype
         qkv = self.qkv(x.to(dtype)).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
+        out = self._attend(q, k, v, H, W)
+        out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        return self.proj(out.to(dtype))
+
+    def forward_windows(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """``window_unpartition(forward(window_partition(x)))`` with the qkv and output
+        projections run on the H*W tokens only, not on the zero padding: a zero token's qkv is
+        exactly the qkv bias, which fills the padded slots of the packed (3, B*nW*heads,
+        window**2, c) q/k/v directly (one copy instead of pad + partition + head split)."""
+        B, H, W, _ = x.shape
+        dtype = self.qkv.weight.dtype
+        nh, nwh, nww = self.num_heads, -(-H // window), -(-W // window)
+        qkv = self.qkv(x.to(dtype)).view(B, H, W, 3, nh, -1)
+        c = qkv.shape[-1]
+        packed = qkv.new_empty(3, B, nwh, nww, nh, window, window, c)
+        wins = packed.permute(1, 2, 5, 3, 6, 0, 4, 7)  # (B, nWh, window, nWw, window, 3, nh, c)
+        for grid, win in _window_pieces(qkv, wins, window):
+            win.copy_(grid)
+        bias = self.qkv.bias.view(3, nh, c)
+        if H % window:
+            wins[:, -1, H % window :] = bias
+        if W % window:
+            wins[:, :, :, -1, W % window :] = bias
+        q, k, v = packed.view(3, B * nwh * nww * nh, window * window, c).unbind(0)
+        out = self._attend(q, k, v, window, window)
+        wins = out.view(B, nwh, nww, nh, window, window, c).permute(0, 1, 4, 2, 5, 3, 6)
+        y = out.new_empty(B, H, W, nh, c)
+        for grid, win in _window_pieces(y, wins, window):
+            grid.copy_(win)
+        return self.proj(y.view(B, H, W, nh * c).to(dtype))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """softmax(q k^T * scale + rel_h + rel_w) v for (B*heads, H*W, c) q, k, v.
+
+        The explicit kernel computes in float32 whatever q's dtype (scores, relative positions,
+        softmax; on this project's CPUs that is also faster than mixed-dtype scores); SDPA (CUDA)
+        runs its fused kernel on q, k, v in their dtype (it accumulates scores and softmax in
+        float32 internally)."""
         rh = relative_positions(H, H, self.rel_pos_h)  # (H, H, c), float32
         rw = relative_positions(W, W, self.rel_pos_w)  # (W, W, c)
         sdpa = use_sdpa(q)
@@ -85,6 +125,12 @@ class Attention(nn.Module):
             q, k, v = q.float(), k.float(), v.float()
         n = H * W
         out = torch.empty_like(q)
+        # At inference the score rows are written into one reused buffer, the softmax runs in
+        # place and P @ V lands in ``out`` directly: fresh score-sized tensors per chunk cost
+        # as much in page faults as the matmuls themselves.
+        reuse = not (torch.is_grad_enabled() and (q.requires_grad or rh.requires_grad))
+        buf = None
+        kt = k.transpose(-2, -1)
         # Score rows are computed in chunks so that global attention never holds the full
         # (heads, N, N) matrix; the arithmetic per row is the same as SAM's.
         chunk = max(W, (ATTENTION_QUERY_CHUNK // W) * W)
@@ -100,35 +146,35 @@ class Attention(nn.Module):
                 bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(-1, stop - start, n)
                 out[:, start:stop] = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias.to(q.dtype))
                 continue
-            attn = (qc * self.scale) @ k.transpose(-2, -1)
+            if reuse:
+                if buf is None or buf.shape[1] != stop - start:
+                    buf = q.new_empty(q.shape[0], stop - start, n)
+                attn = torch.bmm(qc * self.scale, kt, out=buf)
+            else:
+                attn = (qc * self.scale) @ kt
             scores = attn.view(-1, rows, W, H, W)  # + rel_h[q, kh] + rel_w[q, kw], in place
             scores += rel_h[:, :, :, :, None]
             scores += rel_w[:, :, :, None, :]
-            out[:, start:stop] = torch.softmax(attn, dim=-1) @ v
-        out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(out.to(dtype))
+            if reuse:
+                torch.bmm(torch.softmax(attn, dim=-1, out=attn), v, out=out[:, start:stop])
+            else:
+                out[:, start:stop] = torch.softmax(attn, dim=-1) @ v
+        return out
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Split (B, H, W, C) into zero-padded (B * nW, window, window, C) windows."""
-    B, H, W, C = x.shape
-    pad_h, pad_w = (window - H % window) % window, (window - W % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    Hp, Wp = H + pad_h, W + pad_w
-    x = x.view(B, Hp // window, window, Wp // window, window, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, C), (Hp, Wp)
+def _window_pieces(grid: torch.Tensor, wins: torch.Tensor, window: int):
+    """Matching views of a (B, H, W, ...) ``grid`` and of the valid part of its
+    (B, nWh, window, nWw, window, ...) window view ``wins`` (full windows / the cropped last
+    row and column of windows), to copy one into the other."""
+    H, W = grid.shape[1], grid.shape[2]
 
+    def parts(n):  # (first window, windows, rows per window)
+        return [p for p in ((0, n // window, window), (n // window, 1, n % window)) if p[1] and p[2]]
 
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, cropping the padding away."""
-    Hp, Wp = padded
-    B = windows.shape[0] // (Hp * Wp // window // window)
-    x = windows.view(B, Hp // window, Wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
-    return x[:, : size[0], : size[1], :].contiguous()
+    for h0, nh, sh in parts(H):
+        for w0, nw, sw in parts(W):
+            g = grid[:, h0 * window : h0 * window + nh * sh, w0 * window : w0 * window + nw * sw]
+            yield g.unflatten(2, (nw, sw)).unflatten(1, (nh, sh)), wins[:, h0 : h0 + nh, :sh, w0 : w0 + nw, :sw]
 
 
 class Block(nn.Module):
@@ -149,14 +195,19 @@ class Block(nn.Module):
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
-            H, W = x.shape[1], x.shape[2]
-            x, padded = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, padded, (H, W))
+            x = self.attn.forward_windows(x, self.window_size)
         else:
             x = self.attn(x)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *self.norm2.parameters(), *self.mlp.parameters())):
+            return x + self.mlp(self.norm2(x))
+        # row-wise ops: the same values, computed in token chunks
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.empty_like(flat)
+        for start in range(0, flat.shape[0], MLP_TOKEN_CHUNK):
+            xc = flat[start : start + MLP_TOKEN_CHUNK]
+            torch.add(xc, self.mlp(self.norm2(xc)), out=out[start : start + MLP_TOKEN_CHUNK])
+        return out.view(x.shape)
 
 
 class ImageEncoderViT(nn.Module):

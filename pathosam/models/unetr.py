@@ -85,6 +85,18 @@ class TransposedUpsampler(nn.Module):
         B, C, H, W = x.shape
         w = self.block.weight  # (Cin, Cout, 2, 2)
         out = w.shape[1]
+        if not torch.is_grad_enabled():
+            # the same, in bands of input rows: the matmul result stays cache-sized and the
+            # pixel shuffle + bias is one pass into the output
+            y = x.new_empty(B, 2 * H, 2 * W, out)
+            dest = y.view(B, H, 2, W, 2, out)
+            xp = x.permute(0, 2, 3, 1)
+            rows = max(1, 2**19 // (W * out))
+            for r in range(0, H, rows):
+                t = xp[:, r : r + rows].reshape(-1, C) @ w.reshape(C, out * 4)
+                t = t.view(B, -1, W, out, 2, 2).permute(0, 1, 4, 2, 5, 3)
+                torch.add(t, self.block.bias, out=dest[:, r : r + rows])
+            return y.permute(0, 3, 1, 2)
         y = x.permute(0, 2, 3, 1).reshape(-1, C) @ w.reshape(C, out * 4)
         y = y.view(B, H, W, out, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * H, 2 * W, out)
         y = y + self.block.bias
@@ -115,14 +127,18 @@ def _upsampler(transposed: bool, in_channels: int, out_channels: int) -> nn.Modu
 
 
 def instance_norm(
-    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Normalise every (sample, channel) plane to zero mean / unit (biased) variance, then affine.
 
-    Equal to ``F.instance_norm``; bf16 / fp16 inputs get float32 statistics and affine map and a
-    result in their dtype. On channels-last tensors it reduces over the contiguous
-    layout directly (shifted two-moment formula, shift = the mean of a pixel subsample, which
-    keeps the variance free of cancellation), which is ~3x faster than ``F.instance_norm`` there.
+    Equal to ``F.instance_norm``; on channels-last tensors (or channel slices of them) it reduces
+    over the contiguous layout directly (shifted two-moment formula, shift = the mean of a pixel
+    subsample, which keeps the variance free of cancellation; the moments are summed over
+    cache-sized pixel chunks), which is several times faster than ``F.instance_norm`` there.
+    ``out``: a tensor of x's shape to write the result into (may be ``x`` itself, or a channel
+    slice of a channels-last buffer); only with gradients disabled. bf16 / fp16 inputs get
+    float32 statistics and affine map and a result in their dtype.
     """
     if x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4:
         # Low precision: torch's batch norm of each sample on its own (mixed dtype: float32
@@ -131,23 +147,63 @@ def instance_norm(
         w = weight.float() if weight is not None else None
         b = bias.float() if bias is not None else None
         outs = [F.batch_norm(x[i : i + 1], None, None, w, b, True, 0.0, eps) for i in range(x.shape[0])]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
-    if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
-        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
-    B, C, H, W = x.shape
-    v = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-    shift = v[:, :: max(1, (H * W) // 4096)].mean(dim=1, keepdim=True)
-    d = v - shift
-    m1 = d.mean(dim=1, keepdim=True)
-    var = (d * d).mean(dim=1, keepdim=True) - m1 * m1
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return y if out is None else out.copy_(y)
+    B, C, H, W = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+    v = _pixels(x) if x.dim() == 4 else None
+    if v is None:
+        y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+        return y if out is None else out.copy_(y)
+    n = H * W
+    shift = v[:, :: max(1, n // 4096)].mean(dim=1, keepdim=True)
+    if torch.is_grad_enabled():
+        d = v - shift
+        m1 = d.mean(dim=1, keepdim=True)
+        var = (d * d).mean(dim=1, keepdim=True) - m1 * m1
+    else:  # the same moments, summed chunk by chunk: no image-sized temporaries
+        s1 = torch.zeros_like(shift)
+        s2 = torch.zeros_like(shift)
+        step = max(256, 2**19 // max(C, 1))
+        for start in range(0, n, step):
+            d = v[:, start : start + step] - shift
+            s1 += d.sum(dim=1, keepdim=True)
+            s2 += d.mul_(d).sum(dim=1, keepdim=True)
+        m1 = s1 / n
+        var = s2 / n - m1 * m1
     scale = torch.rsqrt(var.clamp_min(0) + eps)
     if weight is not None:
         scale = scale * weight
     offset = -(m1 + shift) * scale
     if bias is not None:
         offset = offset + bias
-    d = torch.addcmul(offset, v, scale)
-    return d.view(B, H, W, C).permute(0, 3, 1, 2)
+    if out is None:
+        return torch.addcmul(offset, v, scale).view(B, H, W, C).permute(0, 3, 1, 2)
+    torch.addcmul(offset, v, scale, out=_pixels(out))
+    return out
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor | None:
+    """(B, H*W, C) view of a channels-last (B, C, H, W) tensor or channel slice of one, else None."""
+    B, C, H, W = x.shape
+    sb, sc, sh, sw = x.stride()
+    if (sc != 1 and C > 1) or sh != W * sw or (sw < C and H * W > 1):
+        return None
+    return x.as_strided((B, H * W, C), (sb, sw, 1))
+
+
+def _norm_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``instance_norm(torch.cat(parts, 1))``; at inference every part is normalised straight into
+    its channel slice of one channels-last buffer (no concatenated copy)."""
+    if torch.is_grad_enabled():
+        return instance_norm(torch.cat(parts, dim=1))
+    B, _, H, W = parts[0].shape
+    C = sum(p.shape[1] for p in parts)
+    buf = parts[0].new_empty(B, H, W, C).permute(0, 3, 1, 2)  # channels-last
+    c = 0
+    for p in parts:
+        instance_norm(p, out=buf[:, c : c + p.shape[1]])
+        c += p.shape[1]
+    return buf
 
 
 class ConvBlock(nn.Module):
@@ -166,10 +222,12 @@ class ConvBlock(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """``x``: the input, or the list of inputs to concatenate along channels."""
         _, conv1, _, _, conv2, _ = self.block
-        x = torch.relu_(conv1(instance_norm(x)))
-        return torch.relu_(conv2(instance_norm(x)))
+        x = torch.relu_(conv1(_norm_cat(x if isinstance(x, (list, tuple)) else [x])))
+        inplace = not torch.is_grad_enabled()
+        return torch.relu_(conv2(instance_norm(x, out=x if inplace else None)))
 
 
 class SingleConv(nn.Module):
@@ -200,7 +258,8 @@ class DeconvBlock(nn.Module):
         x = conv(up(x))
         if bn_mode == "per_tile":
             # Train-mode BatchNorm on a batch of one sample == instance norm with BN's affine.
-            x = instance_norm(x, bn.weight, bn.bias, bn.eps)
+            inplace = not torch.is_grad_enabled()
+            x = instance_norm(x, bn.weight, bn.bias, bn.eps, out=x if inplace else None)
         elif bn_mode == "running":
             x = x.float() if x.dtype != bn.running_mean.dtype else x  # float32 statistics
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
@@ -230,7 +289,7 @@ class Decoder(nn.Module):
             x = sampler(x)
             # torch-em centre-crops the skip to x's shape in *every* dimension, channels included.
             lo = (skip.shape[1] - x.shape[1]) // 2
-            x = block(torch.cat([x, skip[:, lo : lo + x.shape[1]]], dim=1))
+            x = block([x, skip[:, lo : lo + x.shape[1]]])
         return x
 
 
@@ -298,7 +357,7 @@ class UNETRDecoder(nn.Module):
         parts = [self.deconv_out(x), z0]
         if self.image_skip:
             parts.append(self.image_conv(image.to(dtype).contiguous(memory_format=torch.channels_last)))
-        x = self.decoder_head(torch.cat(parts, dim=1))
+        x = self.decoder_head(parts)
         x = self.out_conv(x).float()
         if self.final_activation == "sigmoid":
             x = torch.sigmoid(x)
