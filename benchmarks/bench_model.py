@@ -10,12 +10,23 @@ Weights are random (no downloads): speed does not depend on their values.
 
     python benchmarks/bench_model.py --threads 2 [--arch vit_b] [--repeats 2]
 
+Precision (``--precision fp32 bf16``): encoder and UNETR seconds of each precision (best of
+``--repeats``, the precisions alternating within each repeat), the speed-up fp32 / p, the
+relative error of the embedding (||e_p - e_fp32|| / ||e_fp32||) and the max abs difference of the
+decoder maps vs fp32, end to end (p embedding -> p decoder) and of the decoder alone (fp32
+embedding -> p decoder); plus the bf16 matmul FLOP/s. FLOPs, floor ratios and the naive
+decoder are fp32.
+
+    python benchmarks/bench_model.py --threads 1 --repeats 2 --precision fp32 bf16
+
 Side by side with micro-sam (``--microsam PYTHON``: the python of a micro-sam virtualenv, see
 ``../shared/reference/microsam-install.md``): embedding + AIS decoder maps of the same 512 x 512
 real tile (``--tile PNG``, default the shared GBM40 tile) in alternating worker processes
 (:mod:`side_by_side`), the median of each side and their ratio; only this comparison is run.
+``--precision``: the precision(s) of our side (each one a worker per round; micro-sam stays fp32).
 
     python benchmarks/bench_model.py --threads 2 --microsam ~/.cache/microsam-venv/bin/python --rounds 3
+    python benchmarks/bench_model.py --threads 2 --microsam ~/.cache/microsam-venv/bin/python --precision bf16
 """
 
 from __future__ import annotations
@@ -35,8 +46,8 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops_per_s(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -99,6 +110,67 @@ def naive_unetr(dec, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(F.conv2d(y, dec.out_conv.weight.contiguous(), dec.out_conv.bias))
 
 
+def machine() -> str:
+    """CPU name and its bf16-relevant flags (``pathosam.precision.platform_note``)."""
+    import subprocess
+
+    from pathosam.precision import platform_note
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
+    return f"{name or platform.processor() or platform.machine()} ({platform_note()})"
+
+
+def time_precisions(model, image: np.ndarray, precisions: list[str], repeats: int) -> dict:
+    """Best encoder and UNETR seconds per precision, the precisions alternating in each repeat."""
+    emb = {}
+    for p in precisions:  # warm-up (and the one-off conversion of the low-precision weights)
+        emb[p] = model.embed(image, progress=False, precision=p)
+        model.instance_maps(emb[p], progress=False, precision=p)
+    enc = {p: float("inf") for p in precisions}
+    dec = dict(enc)
+    for _ in range(repeats):
+        for p in precisions:
+            enc[p] = min(enc[p], best_time(lambda: model.embed(image, progress=False, precision=p), 1))
+            dec[p] = min(dec[p], best_time(lambda: model.instance_maps(emb[p], progress=False, precision=p), 1))
+    return {p: {"encoder_s": enc[p], "unetr_s": dec[p]} for p in precisions}
+
+
+def precision_errors(model, image: np.ndarray, precision: str) -> dict:
+    """Differences of ``precision``'s embedding and decoder maps from fp32's."""
+    ref_emb = model.embed(image, progress=False, precision="fp32")
+    ref_maps = model.instance_maps(ref_emb, progress=False, precision="fp32")
+    emb = model.embed(image, progress=False, precision=precision)
+    e, r = emb.features.astype(np.float64), ref_emb.features.astype(np.float64)
+    maps = model.instance_maps(emb, progress=False, precision=precision)
+    maps_dec = model.instance_maps(ref_emb, progress=False, precision=precision)
+    return {"embedding_rel_err": float(np.linalg.norm(e - r) / np.linalg.norm(r)),
+            "maps_max_abs_diff": float(np.abs(maps - ref_maps).max()),
+            "maps_max_abs_diff_decoder_only": float(np.abs(maps_dec - ref_maps).max())}
+
+
+def precision_report(model, image: np.ndarray, precisions: list[str], repeats: int) -> dict:
+    """Per precision: seconds, speed-up over fp32 and errors vs fp32 (:func:`time_precisions`)."""
+    times = time_precisions(model, image, precisions, repeats)
+    out = {}
+    for p in precisions:
+        r = {k: round(v, 3) for k, v in times[p].items()}
+        r["total_s"] = round(times[p]["encoder_s"] + times[p]["unetr_s"], 3)
+        if p != "fp32" and "fp32" in times:
+            f = times["fp32"]
+            r["speedup_fp32_over_this"] = {
+                "encoder": round(f["encoder_s"] / times[p]["encoder_s"], 2),
+                "unetr": round(f["unetr_s"] / times[p]["unetr_s"], 2),
+                "total": round((f["encoder_s"] + f["unetr_s"]) / (times[p]["encoder_s"] + times[p]["unetr_s"]), 2)}
+        if p != "fp32":
+            r.update(precision_errors(model, image, p))
+        out[p] = r
+    return out
+
+
 def side_by_side(args: argparse.Namespace) -> None:
     import os
     import sys
@@ -111,8 +183,8 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     shared = Path(os.environ.get("PATHOSAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     tile = np.asarray(Image.open(args.tile or shared / "vectors/inputs/gbm40_512.png").convert("RGB"))
-    res = compare(tile, args.microsam, args.threads, args.rounds, args.repeats)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+    res = compare(tile, args.microsam, args.threads, args.rounds, args.repeats, args.precision)
+    res = {"machine": f"{machine()}, {args.threads} threads",
            "tile": f"{tile.shape[1]}x{tile.shape[0]}", **res}
     print(json.dumps(res, indent=1))
     if args.json:
@@ -126,6 +198,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "auto"],
+                    help="precision(s) to time and compare with fp32 (side by side: of our side)")
     ap.add_argument("--microsam", metavar="PYTHON", help="compare side by side with micro-sam run by this python")
     ap.add_argument("--rounds", type=int, default=3, help="side by side: alternating worker pairs")
     ap.add_argument("--tile", help="side by side: RGB tile (default: the shared 512 x 512 GBM40 tile)")
@@ -160,9 +234,12 @@ def main() -> None:
     with torch.inference_mode():
         diff = (naive_unetr(model.decoder, feats) - model.decoder(feats)).abs().max().item()
     mm = matmul_flops_per_s()
+    precisions = None  # after the fp32 numbers above: the peak RSS there is fp32's
+    if args.precision != ["fp32"]:
+        precisions = precision_report(model, image, list(dict.fromkeys(args.precision)), args.repeats)
 
     res = {
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+        "machine": f"{machine()}, {args.threads} threads, torch {torch.__version__}",
         "arch": args.arch,
         "tile": "512x512 (model input 1024x1024)",
         "encoder_s": round(enc_s, 3),
@@ -179,6 +256,11 @@ def main() -> None:
         "peak_rss_gb_after_encoder": round(rss_enc, 2),
         "peak_rss_gb_after_unetr": round(rss_all, 2),
     }
+    if precisions is not None:
+        res["precision"] = precisions
+        res["peak_rss_gb_after_precisions"] = round(peak_rss_gb(), 2)
+        if "bf16" in precisions:
+            res["matmul_gflop_per_s_bf16"] = round(matmul_flops_per_s(dtype=torch.bfloat16) / 1e9, 1)
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:

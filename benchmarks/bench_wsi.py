@@ -1,9 +1,15 @@
-"""Whole-slide pipeline: speed with ViT-B per mm^2 of tissue, and memory vs slide size.
+"""Whole-slide pipeline: speed per mm^2 of tissue, and memory vs slide size.
 
-Speed (``--speed``): random-weight ViT-B + UNETR (speed does not depend on the values) on a region
-of ``CMU-1-Small-Region.svs`` (0.499 um/px, rescaled to the model's 0.25 um/px) with the tissue
-mask: tiles/s through the model, seconds per mm^2 of tissue, tissue fraction, and the time the
-mask saves (skipped tiles x measured seconds per model tile).
+Speed (``--speed``): each model of ``--models`` (``vit_b``: random-weight ViT-B + UNETR, speed
+does not depend on the values; any registry name, e.g. ``pathosam_small``, trained weights) in
+each precision of ``--precision`` on a region (``--roi``) of ``CMU-1-Small-Region.svs`` (0.499
+um/px, rescaled to the model's 0.25 um/px, the model's automatic tiling, tissue mask on):
+tiles/s through the model, seconds per mm^2 of tissue (tissue area of the ROI measured with the
+pipeline's tissue mask), the time the mask saves, the speed-up fp32 / bf16, and an estimate for
+the whole CMU-1 slide (its tissue area measured if ``CMU-1.*`` is in the shared wsi folder, else
+assumed: the tissue fraction measured on CMU-1-Small-Region x CMU-1's 46000 x 32914 px at
+0.499 um/px, stated in the output). ``--rounds`` > 1 repeats the runs, alternating the order of
+the precisions, and keeps each one's fastest.
 
 Memory (``--memory``): synthetic pyramidal TIFF slides of N x N px built from the small slide
 (mirrored copies, written tile by tile), segmented without rescaling by a stand-in model whose
@@ -18,7 +24,8 @@ again on resume) against the bound (SIGKILL: the batch in the model, ``--batch-s
 SIGINT: 0, the batch in flight is finished and saved), and checks that the outputs equal an
 uninterrupted run's. Default: ``pathosam_small`` on the whole CMU-1-Small-Region at 0.25 um/px.
 
-    python benchmarks/bench_wsi.py --speed --threads 2
+    python benchmarks/bench_wsi.py --speed --threads 2                      # vit_b and pathosam_small, fp32 and bf16
+    python benchmarks/bench_wsi.py --speed --threads 1 --models pathosam_small --precision fp32 bf16
     python benchmarks/bench_wsi.py --memory --sizes 5000 10000 20000
     python benchmarks/bench_wsi.py --resume --threads 1 --batch-size 2 --tile 256 --halo 64
 """
@@ -44,6 +51,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared() -> Path:
     return Path(os.environ.get("PATHOSAM_SHARED", ROOT.parent / "shared"))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``), else the platform's processor string."""
+    import platform
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
+    return name or platform.processor() or platform.machine()
 
 
 def peak_rss_gb() -> float:
@@ -123,32 +142,124 @@ def run_memory_one(size: int, workdir: Path) -> dict:
             "label_image_gb_if_in_memory": size * size * 4 / 1024**3}
 
 
-def bench_speed(threads: int, roi) -> dict:
-    from pathosam.predictor import PathoSAM
+#: CMU-1 (the slide CMU-1-Small-Region was cut from, per its Aperio metadata): level-0 size and pixel size
+CMU1_SHAPE_WH = (46000, 32914)
+CMU1_MPP = 0.499
+
+
+def speed_model(name: str):
+    """``vit_b``: random-weight ViT-B + UNETR; anything else: ``pathosam.load_model(name)``."""
+    import pathosam
     from pathosam.models.sam import build_sam
     from pathosam.models.unetr import UNETRDecoder
+    from pathosam.predictor import PathoSAM
+
+    if name == "vit_b":
+        torch.manual_seed(0)
+        return PathoSAM(build_sam("vit_b"), UNETRDecoder(3, transposed=True), device="cpu", name="random-vit_b")
+    return pathosam.load_model(name, device="cpu", progress=False)
+
+
+def tissue_area_mm2(path: Path, roi=None) -> dict:
+    """Tissue area (mm^2) and fraction of a slide, or of its ``roi`` (x, y, w, h level-0 px), by the
+    pipeline's tissue mask on a thumbnail."""
+    from pathosam.wsi import open_slide
+    from pathosam.wsi.tissue import tissue_mask
+
+    with open_slide(path) as s:
+        thumb, ds = s.thumbnail(2048)
+        mpp, (H, W) = s.mpp, s.shape
+    mask = tissue_mask(thumb)
+    x, y, w, h = roi if roi is not None else (0, 0, W, H)
+    part = mask[int(y / ds) : int(np.ceil((y + h) / ds)), int(x / ds) : int(np.ceil((x + w) / ds))]
+    frac = float(part.mean())
+    return {"tissue_fraction": frac, "area_mm2": w * h * mpp**2 / 1e6, "tissue_mm2": frac * w * h * mpp**2 / 1e6}
+
+
+def cmu1_tissue() -> dict:
+    """Tissue area of the whole CMU-1 slide: measured if it is in the shared wsi folder, else the
+    stated assumption (CMU-1-Small-Region's measured tissue fraction x CMU-1's size)."""
+    folder = shared() / "data/wsi"
+    found = [p for p in sorted(folder.glob("CMU-1.*")) if p.suffix.lower() in (".svs", ".tif", ".tiff")]
+    if found:
+        t = tissue_area_mm2(found[0])
+        return {"source": f"measured on {found[0].name} (tissue mask)", **t}
+    small = tissue_area_mm2(folder / "CMU-1-Small-Region.svs")
+    W, H = CMU1_SHAPE_WH
+    area = W * H * CMU1_MPP**2 / 1e6
+    return {"source": (f"ASSUMED: CMU-1 is not in {folder}; tissue fraction measured on the whole "
+                       f"CMU-1-Small-Region ({small['tissue_fraction']:.3f}) x CMU-1's {W} x {H} px at "
+                       f"{CMU1_MPP} um/px ({area:.1f} mm^2). The small region was cut from tissue, so this "
+                       "likely overestimates the slide's tissue area"),
+            "tissue_fraction": small["tissue_fraction"], "area_mm2": area, "tissue_mm2": small["tissue_fraction"] * area}
+
+
+def speed_run(model, precision: str, roi, tissue_mm2: float) -> dict:
+    """One slide run of ``model`` in ``precision`` on ``roi`` at 0.25 um/px, the model's automatic tiling."""
+    from pathosam.automatic import ais_params
+    from pathosam.inference import auto_tiling
     from pathosam.wsi.pipeline import SlideOptions, segment_slide
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = PathoSAM(build_sam("vit_b"), UNETRDecoder(3, transposed=True), device="cpu", name="random-vit_b")
-    with tempfile.TemporaryDirectory() as tmp:
-        man = segment_slide(shared() / "data/wsi/CMU-1-Small-Region.svs", model, tmp,
-                            SlideOptions(roi=tuple(roi)), progress=True)
-    g = man["work_grid"]
-    mpp0 = man["slide"]["mpp"]
-    x, y, w, h = g["roi_xywh"]
-    roi_mm2 = w * h * mpp0**2 / 1e6
-    tissue_mm2 = roi_mm2 * g["tiles_with_tissue"] / g["tiles"]  # tiles with tissue, as area
-    s = man["seconds"]
+    _, tile, halo = auto_tiling(model.img_size)
+    opts = SlideOptions(roi=tuple(roi), tile_shape=tile, halo=halo, ais=ais_params(model))
+    with model.using(precision), tempfile.TemporaryDirectory() as tmp:
+        man = segment_slide(shared() / "data/wsi/CMU-1-Small-Region.svs", model, tmp, opts, progress=False)
+    g, s = man["work_grid"], man["seconds"]
     per_tile = s["model"] / max(g["tiles_through_model"], 1)
-    return {"roi_xywh": [x, y, w, h], "work_grid": g["shape"], "tiles": g["tiles"],
+    x, y, w, h = g["roi_xywh"]
+    tile_area_mm2 = w * h * man["slide"]["mpp"] ** 2 / 1e6 * g["tiles_with_tissue"] / g["tiles"]
+    return {"model": model.name, "model_id": man["model"]["id"], "precision": precision,
+            "tile_shape": list(tile), "halo": list(halo), "work_grid": g["shape"], "tiles": g["tiles"],
             "tiles_through_model": g["tiles_through_model"], "seconds": s,
             "model_tiles_per_s": g["tiles_through_model"] / s["total"], "seconds_per_model_tile": per_tile,
             "tissue_tile_fraction": g["tiles_with_tissue"] / g["tiles"],
             "seconds_per_mm2_tissue": s["total"] / max(tissue_mm2, 1e-9),
+            "seconds_per_mm2_tissue_tiles": s["total"] / max(tile_area_mm2, 1e-9),
             "seconds_saved_by_tissue_mask_est": (g["tiles"] - g["tiles_through_model"]) * per_tile,
             "nuclei": man["nuclei"], "peak_rss_gb": peak_rss_gb()}
+
+
+def bench_speed(threads: int, roi, models: list[str], precisions: list[str], rounds: int = 1) -> dict:
+    """Every model x precision on ``roi`` (fastest of ``rounds``, precision order alternating),
+    seconds per mm^2 of tissue, speed-up fp32 / other, and the CMU-1 estimate."""
+    torch.set_num_threads(threads)
+    roi_tissue = tissue_area_mm2(shared() / "data/wsi/CMU-1-Small-Region.svs", roi)
+    cmu1 = cmu1_tissue()
+    runs = []
+    for name in models:
+        model = speed_model(name)
+        warm = np.full((model.img_size // 2, model.img_size // 2, 3), 200, np.uint8)
+        for p in precisions:  # warm-up: low-precision weight copies and first-call costs are not timed
+            model.embed(warm, tile_shape=None, precision=p, progress=False)
+        best: dict[str, dict] = {}
+        for r in range(rounds):
+            for p in precisions if r % 2 == 0 else precisions[::-1]:
+                res = speed_run(model, p, roi, roi_tissue["tissue_mm2"])
+                print(json.dumps({k: res[k] for k in ("model", "precision", "seconds_per_mm2_tissue",
+                                                       "seconds_per_model_tile")}), file=sys.stderr)
+                if p not in best or res["seconds"]["total"] < best[p]["seconds"]["total"]:
+                    best[p] = res
+        for p in precisions:
+            res = best[p]
+            res["cmu1_estimate_h"] = res["seconds_per_mm2_tissue"] * cmu1["tissue_mm2"] / 3600
+            if p != "fp32" and "fp32" in best:
+                res["speedup_fp32_over_this"] = best["fp32"]["seconds"]["total"] / res["seconds"]["total"]
+            runs.append(res)
+        del model
+    return {"slide": "CMU-1-Small-Region.svs", "target_mpp": 0.25, "roi_xywh": list(roi), "roi_tissue": roi_tissue,
+            "cmu1_tissue": cmu1, "rounds": rounds, "runs": runs, "table": speed_table(runs, cmu1)}
+
+
+def speed_table(runs: list[dict], cmu1: dict) -> str:
+    lines = ["| model | precision | tiles (model) | s / model tile | s / mm^2 tissue | fp32 / this | CMU-1 est. (h) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        sp = r.get("speedup_fp32_over_this")
+        lines.append(f"| {r['model']} | {r['precision']} | {r['tiles']} ({r['tiles_through_model']}) "
+                     f"| {r['seconds_per_model_tile']:.3f} | {r['seconds_per_mm2_tissue']:.1f} "
+                     f"| {'–' if sp is None else f'{sp:.2f}'} | {r['cmu1_estimate_h']:.2f} |")
+    lines.append(f"\nCMU-1 tissue: {cmu1['tissue_mm2']:.1f} mm^2 ({cmu1['source']})")
+    return "\n".join(lines)
 
 
 def resume_child(out: Path, progress_file: Path, args) -> None:
@@ -249,7 +360,13 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--roi", type=int, nargs=4, default=[300, 1000, 700, 500], metavar=("X", "Y", "W", "H"))
+    ap.add_argument("--roi", type=int, nargs=4, default=[300, 1000, 700, 500], metavar=("X", "Y", "W", "H"),
+                    help="speed: level-0 region of the small slide")
+    ap.add_argument("--models", nargs="+", default=["vit_b", "pathosam_small"],
+                    help="speed: vit_b (random weights) and/or registry names")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16", "auto"],
+                    help="speed: precisions to run each model in")
+    ap.add_argument("--rounds", type=int, default=1, help="speed: repeats, alternating the precision order")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000])
     ap.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--resume", action="store_true")
@@ -270,9 +387,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_memory_one(args.one_size, Path(tmp))))
         return
-    res = {"machine": f"{os.cpu_count()} cpus, {args.threads} threads", "torch": torch.__version__}
+    from pathosam.precision import platform_note
+
+    res = {"machine": f"{cpu_name()} ({platform_note()}), {os.cpu_count()} cpus, {args.threads} threads",
+           "torch": torch.__version__}
     if args.speed:
-        res["speed"] = bench_speed(args.threads, args.roi)
+        res["speed"] = bench_speed(args.threads, args.roi, args.models, args.precision, args.rounds)
+        print(res["speed"]["table"], file=sys.stderr)
     if args.memory:
         res["memory"] = []
         for size in args.sizes:

@@ -5,6 +5,8 @@ UNETR checkpoint (written here in the released layout, which micro-sam reads), w
 number of torch threads. Workers alternate (ours, micro-sam, ours, ...); each loads its model,
 runs the tile once to warm up, then times ``repeats`` runs. micro-sam runs in its own virtualenv
 (``../shared/reference/microsam-install.md``), never as a dependency: pass its python.
+``precisions``: of our side (``load_model(precision=)``), one worker of ours per precision in each
+round; micro-sam always computes in float32 (its default).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json, sys, time, numpy as np, torch
 torch.set_num_threads(int(sys.argv[4]))
 import pathosam
 image = np.load(sys.argv[3])
-model = pathosam.load_model(sys.argv[1], decoder=sys.argv[2], device="cpu", progress=False)
+model = pathosam.load_model(sys.argv[1], decoder=sys.argv[2], device="cpu", progress=False, precision=sys.argv[6])
 def run():
     emb = model.embed(image, progress=False)
     return model.instance_maps(emb, progress=False)
@@ -31,7 +33,7 @@ run()
 times = []
 for _ in range(int(sys.argv[5])):
     t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
-print(json.dumps({"seconds": times, "torch": torch.__version__}))
+print(json.dumps({"seconds": times, "torch": torch.__version__, "precision": model.precision}))
 """
 
 MICROSAM = r"""
@@ -75,9 +77,12 @@ def _worker(python: str, script: str, args: list[str], env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(image: np.ndarray, microsam_python: str, threads: int = 2, rounds: int = 3, repeats: int = 1) -> dict:
-    """Alternate ``rounds`` worker pairs; medians of all timed runs per side and their ratio
-    (micro-sam seconds / pathosam seconds: > 1 means pathosam is faster)."""
+def compare(image: np.ndarray, microsam_python: str, threads: int = 2, rounds: int = 3, repeats: int = 1,
+            precisions: list[str] | tuple[str, ...] = ("fp32",)) -> dict:
+    """Alternate ``rounds`` rounds of workers (ours in each of ``precisions``, then micro-sam);
+    medians of all timed runs per side and their ratio (micro-sam seconds / pathosam seconds:
+    > 1 means pathosam is faster). One precision: keys ``pathosam_s`` ...; several: one set of
+    keys per precision, suffixed ``_<precision>``."""
     with tempfile.TemporaryDirectory(prefix="side_by_side_") as tmp:
         tmp = Path(tmp)
         sam, dec = write_checkpoint(tmp)
@@ -85,17 +90,26 @@ def compare(image: np.ndarray, microsam_python: str, threads: int = 2, rounds: i
         args = [str(sam), str(dec), str(tmp / "tile.npy"), str(threads), str(repeats)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "QT_QPA_PLATFORM": "offscreen",
                "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        ours, theirs = [], []
+        ours: dict[str, list[float]] = {p: [] for p in precisions}
+        theirs: list[float] = []
         info: dict = {}
         for _ in range(rounds):
-            r = _worker(sys.executable, OURS, args, env)
-            ours += r["seconds"]
-            info["pathosam_torch"] = r["torch"]
+            for p in precisions:
+                r = _worker(sys.executable, OURS, args + [p], env)
+                ours[p] += r["seconds"]
+                info["pathosam_torch"] = r["torch"]
+                info[f"pathosam_precision_{p}"] = r["precision"]  # as resolved ("auto" -> bf16 / fp32)
             env_ms = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # micro-sam's own packages only
             r = _worker(microsam_python, MICROSAM, args, env_ms)
             theirs += r["seconds"]
             info["microsam_torch"], info["micro_sam"] = r["torch"], r.get("micro_sam")
-    mo, mt = float(np.median(ours)), float(np.median(theirs))
-    return {"pathosam_s": [round(t, 2) for t in ours], "microsam_s": [round(t, 2) for t in theirs],
-            "pathosam_median_s": round(mo, 2), "microsam_median_s": round(mt, 2),
-            "ratio_microsam_over_pathosam": round(mt / mo, 2), **info}
+    mt = float(np.median(theirs))
+    res: dict = {"microsam_precision": "fp32"}
+    for p in precisions:
+        sfx = "" if len(precisions) == 1 else f"_{p}"
+        mo = float(np.median(ours[p]))
+        res.update({f"pathosam{sfx}_s": [round(t, 2) for t in ours[p]], f"pathosam{sfx}_median_s": round(mo, 2),
+                    f"ratio_microsam_over_pathosam{sfx}": round(mt / mo, 2)})
+    if len(precisions) == 1:
+        res["pathosam_precision"] = info.pop(f"pathosam_precision_{precisions[0]}")
+    return {**res, "microsam_s": [round(t, 2) for t in theirs], "microsam_median_s": round(mt, 2), **info}
