@@ -123,10 +123,12 @@ class LowPrecisionWeights:
         self.dtype = dtype
 
 
-#: Measured speed-up of bf16 over fp32 (ViT-B encoder + UNETR maps of one 512 x 512 tile, same
-#: machine and run, ``benchmarks/bench_model.py --precision fp32 bf16``; docs/benchmarks.md),
-#: by the CPU instruction that computes bf16. None: not measured on such a CPU yet.
-MEASURED_BF16_SPEEDUP: dict[str, float | None] = {"avx512_bf16": None, "amx_bf16": None}
+#: Measured speed-up of bf16 over fp32 on a CPU with that bf16 instruction (same machine and run;
+#: docs/benchmarks.md, "Precision"). None: not measured on such a CPU yet.
+MEASURED_BF16_SPEEDUP: dict[str, str | None] = {
+    "avx512_bf16": "1.7x faster per ViT-B tile, 1.1-1.6x with pathosam_small",  # AMD EPYC, 2026-12-02
+    "amx_bf16": None,
+}
 
 
 def bf16_hint(precision: str, device: torch.device | str = "cpu") -> str | None:
@@ -137,8 +139,7 @@ def bf16_hint(precision: str, device: torch.device | str = "cpu") -> str | None:
     if native is None:
         return None
     speedup = MEASURED_BF16_SPEEDUP.get(native)
-    measured = (f"measured {speedup:.1f}x faster per tile on such a CPU" if speedup
-                else "not yet measured on such hardware")
+    measured = f"measured {speedup} on such a CPU" if speedup else "speed-up not yet measured on such hardware"
     return (f"this {'GPU' if native == 'cuda' else 'CPU'} computes bf16 natively ({native}): --precision bf16 "
             f"({measured}; nuclei agree with fp32 at mSA >= 0.98, docs/benchmarks.md)")
 
