@@ -49,13 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     import logging
-    import os
 
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # our own one-line errors say what failed
-    # Large torch buffers on transparent huge pages (read by torch's allocator at its first use, so
-    # before torch is imported): fewer page faults on the score / activation buffers, measured
-    # 7-8 % per ViT-B tile (docs/benchmarks.md). A value set by the user is kept.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
