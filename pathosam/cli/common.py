@@ -66,11 +66,21 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
                         "hardware computes it natively, else fp32)")
 
 
+def check_precision(args: argparse.Namespace) -> None:
+    """``--precision`` on ``--device``: a usage error (e.g. fp16 on a CPU) before anything is loaded."""
+    from ..precision import resolve_precision
+    from ..predictor import resolve_device
+
+    try:
+        resolve_precision(args.precision, resolve_device(args.device))
+    except ValueError as err:
+        raise UsageError(f"--precision: {err}") from None
+
+
 def load_model_from_args(args: argparse.Namespace, classes: bool = False):
     """The model named by ``--model``/``--checkpoint``/``--decoder`` (+ a semantic decoder when
     ``classes``: ``--semantic-decoder FILE`` or the registry model's own)."""
-    from ..precision import resolve_precision
-    from ..predictor import load_model, resolve_device
+    from ..predictor import load_model
 
     name = args.checkpoint or args.model
     if name is None:
@@ -87,10 +97,7 @@ def load_model_from_args(args: argparse.Namespace, classes: bool = False):
                 raise UsageError(f"--classes needs a semantic decoder: {name!r} has none registered; "
                                  "pass --semantic-decoder FILE (or use --model vit_b_histopathology)")
             semantic = True
-    try:
-        resolve_precision(args.precision, resolve_device(args.device))
-    except ValueError as err:  # fp16 on a CPU: say so before loading anything
-        raise UsageError(f"--precision: {err}") from None
+    check_precision(args)
     return load_model(name, decoder=args.decoder, semantic_decoder=semantic, device=args.device,
                       progress=not getattr(args, "quiet", False), precision=args.precision)
 

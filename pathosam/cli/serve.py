@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import registry
-from .common import EXIT_OK, PROG, UsageError, add_precision_argument
+from .common import EXIT_OK, PROG, UsageError, add_precision_argument, check_precision
 
 class _ModelAction(argparse.Action):
     """``--model X``: append a served model (the first given is the default)."""
@@ -43,13 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, value in (("--max-request-seconds", args.max_request_seconds), ("--body-timeout", args.body_timeout)):
         if not value >= 0 or value == float("inf"):
             raise UsageError(f"{flag} must be a number of seconds >= 0 (0 = no limit), got {value}")
-    from ..precision import resolve_precision
-    from ..predictor import resolve_device
-
-    try:
-        resolve_precision(args.precision, resolve_device(args.device))
-    except ValueError as err:
-        raise UsageError(f"--precision: {err}") from None
+    check_precision(args)
     config = ServerConfig(
         models=args.served or [ServedModel(registry.DEFAULT_MODEL)], device=args.device, precision=args.precision,
         allow_downloads=args.allow_downloads or args.allow_remote_weights,
