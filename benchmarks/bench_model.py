@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 
@@ -111,17 +110,10 @@ def naive_unetr(dec, x: torch.Tensor) -> torch.Tensor:
 
 
 def machine() -> str:
-    """CPU name and its bf16-relevant flags (``pathosam.precision.platform_note``)."""
-    import subprocess
+    """CPU name and its bf16-relevant flags (``pathosam.precision``)."""
+    from pathosam.precision import cpu_model, platform_note
 
-    from pathosam.precision import platform_note
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
-    return f"{name or platform.processor() or platform.machine()} ({platform_note()})"
+    return f"{cpu_model()} ({platform_note()})"
 
 
 def time_precisions(model, image: np.ndarray, precisions: list[str], repeats: int) -> dict:

@@ -73,15 +73,9 @@ def code_version() -> dict:
 
 def machine_info(threads: int) -> dict:
     """CPU model name (lscpu), its bf16-relevant flags, torch version and threads."""
-    from pathosam.precision import native_bf16, platform_note
+    from pathosam.precision import cpu_model, native_bf16, platform_note
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_flags": platform_note(), "native_bf16": native_bf16("cpu"), "cpus": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_flags": platform_note(), "native_bf16": native_bf16("cpu"), "cpus": os.cpu_count(),
             "torch_threads": threads, "torch": torch.__version__, "python": platform.python_version()}
 
 

@@ -53,18 +53,6 @@ def shared() -> Path:
     return Path(os.environ.get("PATHOSAM_SHARED", ROOT.parent / "shared"))
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``), else the platform's processor string."""
-    import platform
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
-    return name or platform.processor() or platform.machine()
-
-
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -387,9 +375,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_memory_one(args.one_size, Path(tmp))))
         return
-    from pathosam.precision import platform_note
+    from pathosam.precision import cpu_model, platform_note
 
-    res = {"machine": f"{cpu_name()} ({platform_note()}), {os.cpu_count()} cpus, {args.threads} threads",
+    res = {"machine": f"{cpu_model()} ({platform_note()}), {os.cpu_count()} cpus, {args.threads} threads",
            "torch": torch.__version__}
     if args.speed:
         res["speed"] = bench_speed(args.threads, args.roi, args.models, args.precision, args.rounds)
