@@ -35,14 +35,16 @@ class Segmentation:
     """Result of :func:`segment_nuclei`.
 
     ``labels``: uint32 (H, W), 0 = background, nuclei 1..N. ``classes`` / ``class_probabilities``:
-    uint8 / float32 (N + 1,) indexed by nucleus id (PanNuke ids of ``pathosam.semantic.CLASS_NAMES``,
-    0 = none), or None without ``classes=True``. ``seconds``: wall time per stage.
+    uint8 / float32 (N + 1,) indexed by nucleus id (0 = none), or None without ``classes=True``;
+    ``class_names``: ``{class id: name}`` of the model's class scheme (PanNuke, CoNSeP, ...).
+    ``seconds``: wall time per stage.
     """
 
     labels: np.ndarray
     mode: str
     classes: np.ndarray | None = None
     class_probabilities: np.ndarray | None = None
+    class_names: dict[int, str] | None = None
     tile_shape: tuple[int, int] | None = None
     halo: tuple[int, int] | None = None
     parameters: dict = field(default_factory=dict)
@@ -60,7 +62,8 @@ class Segmentation:
         adds ``area_um2``. Coordinates are pixel edges (a pixel's centre is at +0.5)."""
         from .io.table import nucleus_table
 
-        return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset, mpp=mpp)
+        return nucleus_table(self.labels, self.classes, self.class_probabilities, offset=offset, mpp=mpp,
+                             class_names=self.class_names)
 
 
 def ais_params(model, params: dict | None = None) -> AISParams:
@@ -115,7 +118,8 @@ def segment_nuclei(
     batch_size : int
         Tiles per model call.
     classes : bool
-        Also classify each nucleus with the semantic decoder (PanNuke classes).
+        Also classify each nucleus with the semantic decoder (the classes of its scheme,
+        ``model.class_scheme``: PanNuke for the published PathoSAM, CoNSeP for ``pathosam_small``).
     normalization : {"none", "minmax"}
         Intensity conversion to uint8 (``pathosam.image.to_rgb_uint8``).
     progress : bool
@@ -180,6 +184,8 @@ def segment_nuclei(
         if model.precision != "fp32":
             result.parameters["precision"] = model.precision
     result.tile_shape, result.halo = ts, hl
+    if classes:
+        result.class_names = model.class_scheme.id_names
     return result
 
 

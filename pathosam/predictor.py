@@ -22,6 +22,8 @@ from .models.sam import Sam, build_sam, config_from_state_dict
 from .models.unetr import (BNMode, UNETRDecoder, embed_dim_from_state_dict, features_from_state_dict,
                            has_image_skip, postprocess_maps)
 from .precision import LowPrecisionWeights, Precision, dtype_of, resolve_precision
+from .semantic import ClassScheme
+from .semantic import class_scheme as _class_scheme
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -100,6 +102,7 @@ class PathoSAM:
         model_id: str | None = None,
         ais_defaults: dict | None = None,
         precision: str = "fp32",
+        class_scheme: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.sam = sam.eval().to(self.device)
@@ -113,6 +116,9 @@ class PathoSAM:
         #: AIS post-processing parameters recommended for this model (the registry's), used
         #: instead of the reference's defaults where no value is given.
         self.ais_defaults = dict(ais_defaults or {})
+        #: Name of the semantic decoder's class scheme (:data:`pathosam.semantic.SCHEMES`); None:
+        #: decided by its number of classes (6 = PanNuke).
+        self.class_scheme_name = class_scheme
 
     # ------------------------------------------------------------------ precision
     @property
@@ -275,11 +281,20 @@ class PathoSAM:
         with self.using(precision):
             return self._maps("instance", emb, bn_mode, batch_size, progress, image)
 
+    @property
+    def class_scheme(self) -> ClassScheme | None:
+        """The classes of the semantic decoder's maps (None without one): the registered scheme
+        (CoNSeP for ``pathosam_small``'s class head), else PanNuke for 6 maps."""
+        if self.semantic_decoder is None:
+            return None
+        return _class_scheme(self.semantic_decoder.out_channels, self.class_scheme_name)
+
     def semantic_maps(
         self, emb: ImageEmbeddings, bn_mode: BNMode = "per_tile", batch_size: int = 1, progress: bool = True,
         image: np.ndarray | None = None, precision: str | None = None,
     ) -> np.ndarray:
-        """float32 (6, H, W) per-class sigmoid scores (background + 5 PanNuke classes); argmax = class.
+        """float32 (C, H, W) per-class sigmoid scores (channel 0 background; classes of
+        :attr:`class_scheme`, e.g. 6 = background + 5 PanNuke classes); argmax = class.
         ``image``: the image of ``emb``, needed when :meth:`needs_image`; ``precision``: as
         :meth:`instance_maps`."""
         with self.using(precision):
@@ -439,6 +454,7 @@ def load_model(
     device: str | torch.device | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    class_scheme: str | None = None,
 ) -> PathoSAM:
     """Load a model by registry name (downloaded/cached) or from reference checkpoint files.
 
@@ -448,6 +464,8 @@ def load_model(
     ``decoder``: a separate decoder file; ``semantic_decoder``: a file, or True to use the
     registered semantic decoder of a registry model. ``precision``: "fp32" (default, the
     reference's arithmetic), "bf16", "fp16" (CUDA) or "auto" (:mod:`pathosam.precision`).
+    ``class_scheme``: the classes of a semantic decoder file (``"pannuke"``, ``"consep"``;
+    default: the registry's for a registered decoder, else PanNuke for 6 classes).
     """
     from . import registry
 
@@ -501,7 +519,15 @@ def load_model(
         if sck.decoder_state is None:
             raise CheckpointError(f"{semantic_decoder}: holds no UNETR decoder weights")
         sem = build_decoder(sck.decoder_state, source=semantic_decoder, what="semantic decoder weights")
-        model_id += f"+sem:{registry.file_hash(semantic_decoder)}"
+        digest = registry.file_hash(semantic_decoder)
+        model_id += f"+sem:{digest}"
+        sem_entry = registry.entry_of_file(digest)
+        class_scheme = class_scheme or (sem_entry.class_scheme if sem_entry is not None else None)
+    if sem is not None:
+        try:
+            _class_scheme(sem.out_channels, class_scheme)  # a scheme that does not fit fails here
+        except ValueError as e:
+            raise ValueError(f"{semantic_decoder or sam_path}: {e}") from None
     sam = build_sam_from_state(ck.sam_state, sam_path)
     return PathoSAM(sam, inst, sem, device=device, name=Path(name).name, model_id=model_id,
-                    ais_defaults=ais_defaults, precision=precision)
+                    ais_defaults=ais_defaults, precision=precision, class_scheme=class_scheme)

@@ -37,6 +37,8 @@ class ModelEntry:
     #: AIS post-processing recommended for this model, over the reference's defaults (an explicit
     #: parameter wins); e.g. a size filter for the small model.
     ais_defaults: tuple[tuple[str, float | str], ...] = ()
+    #: Semantic decoders: the class scheme of their maps (:data:`pathosam.semantic.SCHEMES`).
+    class_scheme: str | None = None
 
 
 #: The model used when none is named: pathosam's own small model, shipped inside the package.

@@ -16,7 +16,7 @@ from pathosam.datasets import (
     Dataset, Sample, detect_format, list_formats, open_dataset, pad_sample, split_names, unpad,
 )
 
-ALL_FORMATS = ["consep", "cpm", "cryonuseg", "folder", "glas", "lizard", "lynsec", "monuseg", "nuclick",
+ALL_FORMATS = ["consep", "consep_tiles", "cpm", "cryonuseg", "folder", "glas", "lizard", "lynsec", "monuseg", "nuclick",
                "nuinsseg", "pannuke", "puma", "srsanet", "tnbc"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,9 @@ class MapsFromImage(PathoSAM):
 
     def __init__(self):  # noqa: D107 - no SAM weights needed
         self.device = torch.device("cpu")
-        self.decoder = self.semantic_decoder = object()
+        self.decoder = object()
+        self.semantic_decoder = SimpleNamespace(out_channels=6)  # PanNuke's 6 maps
+        self.class_scheme_name = None
         self.name = self.model_id = "maps-from-image"
 
     def encode(self, batch):

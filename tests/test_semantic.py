@@ -38,5 +38,5 @@ def test_ties_and_class_map():
 def test_shape_errors():
     with pytest.raises(ValueError, match="differ in size"):
         nucleus_classes(np.zeros((3, 3), np.uint32), np.zeros((6, 4, 4), np.float32))
-    with pytest.raises(ValueError, match=r"\(6, H, W\)"):
-        class_map(np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        class_map(np.zeros((1, 4, 4)))

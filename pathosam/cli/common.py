@@ -54,6 +54,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--checkpoint", help="weights file in any reference layout (overrides --model)")
     p.add_argument("--decoder", help="separate instance-decoder file")
     p.add_argument("-d", "--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: one per core; fewer when other programs keep the cores "
+                        "busy, see docs/benchmarks.md)")
     add_precision_argument(p)
 
 
@@ -98,7 +101,15 @@ def load_model_from_args(args: argparse.Namespace, classes: bool = False):
                                  "pass --semantic-decoder FILE (or use --model vit_b_histopathology)")
             semantic = True
     check_precision(args)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     return load_model(name, decoder=args.decoder, semantic_decoder=semantic, device=args.device,
-                      progress=not getattr(args, "quiet", False), precision=args.precision)
+                      progress=not getattr(args, "quiet", False), precision=args.precision,
+                      class_scheme=getattr(args, "class_scheme", None))
 
 

@@ -164,7 +164,11 @@ def _dask_client(args: argparse.Namespace):
         raise UsageError("--workers/--scheduler need Dask: pip install 'pathosam[dask]'") from None
     if args.scheduler:
         return Client(args.scheduler)
-    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+    from ..threads import worker_environment
+
+    # each worker its share of the cores, threads sleeping while they wait (pathosam.threads)
+    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None,
+                               env=worker_environment(args.workers)))
 
 
 def _segment_one_slide(args: argparse.Namespace, path: str, name: str, model, client, params: dict) -> int:
@@ -214,8 +218,11 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["ais", "amg"], default="ais",
                    help="ais: decoder + watershed (default); amg: SAM automatic mask generation")
     add_model_arguments(p)
-    p.add_argument("--classes", action="store_true", help="classify nuclei (PanNuke) with the semantic decoder")
+    p.add_argument("--classes", action="store_true", help="classify nuclei with the model's semantic decoder (pathosam_small: CoNSeP's 4 "
+                   "classes, offline; vit_b_histopathology: PanNuke's 5)")
     p.add_argument("--semantic-decoder", metavar="FILE", help="semantic decoder file for --classes")
+    p.add_argument("--class-scheme", choices=["pannuke", "consep"],
+                   help="classes of a --semantic-decoder FILE (default: PanNuke for 6 classes)")
     p.add_argument("--tile-shape", type=pair, help="tile size in pixels (default: 384 for images > 512 px)")
     p.add_argument("--halo", type=pair, help="halo per side in pixels (default 64)")
     p.add_argument("--no-tiling", action="store_true", help="never tile (large images are downscaled to 1024)")

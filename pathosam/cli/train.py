@@ -59,6 +59,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--validate-every", type=int, default=100, help="iterations between validations (100)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between kept checkpoints (500)")
     p.add_argument("--val-patches", type=int, default=8, help="fixed validation patches (8)")
+    p.add_argument("--dataset-weights", type=float, nargs="+", metavar="W",
+                   help="joint: share of training patches per --data folder, one weight each (default: every "
+                        "image equally likely, so a folder of many small tiles dominates)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stain-jitter", action="store_true", help="random HED stain jitter")
     p.add_argument("--scale-jitter", type=_scale_range, metavar="MIN,MAX",
@@ -89,6 +92,10 @@ class _Concat:
     def names(self) -> list[str]:
         return [f"{p.name}/{n}" for p in self.parts for n in p.names]
 
+    def image_weights(self, dataset_weights) -> tuple[float, ...]:
+        """Per-image weights giving part k the share ``dataset_weights[k]`` (uniform inside it)."""
+        return tuple(w / len(p) for w, p in zip(dataset_weights, self.parts) for _ in range(len(p)))
+
 
 def _datasets(args):
     from .common import UsageError
@@ -102,7 +109,7 @@ def _datasets(args):
             if args.val_split and not args.val:
                 vals.append(open_dataset(d, args.format, split=args.val_split))
             continue
-        parts = split_names(ds.names, fractions=(args.val_fraction, 0.0), seed=args.seed)
+        parts = split_names(ds.names, fractions=(args.val_fraction, 0.0), seed=args.seed, groups=ds.sources)
         trains.append(ds.select(parts["train"]))
         vals.append(ds.select(parts["val"]))
     for d in args.val or []:
@@ -140,6 +147,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.semantic and args.scale_jitter:
         raise UsageError("--scale-jitter is for the joint training, not --semantic")
+    if args.dataset_weights is not None:
+        if args.semantic:
+            raise UsageError("--dataset-weights is for the joint training, not --semantic")
+        if len(args.dataset_weights) != len(args.data) or min(args.dataset_weights) < 0 or not sum(args.dataset_weights) > 0:
+            raise UsageError(f"--dataset-weights: one non-negative weight per --data folder ({len(args.data)}), "
+                             f"not all zero; got {args.dataset_weights}")
     if args.threads:
         torch.set_num_threads(args.threads)
     checked_output_dir(args.out)
@@ -166,6 +179,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = SemanticConfig(
             iterations=args.iterations, batch_size=args.batch_size, patch_shape=tuple(args.patch_shape),
             lr=args.lr or 1e-4, freeze_encoder=args.freeze_encoder, decoder_init=args.decoder_init,
+            num_classes=_num_classes(train),
             class_weights=_class_weights(args.class_weights), oversample=args.oversample,
             validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
             val_patches=args.val_patches, seed=args.seed, amp=not args.no_amp,
@@ -187,6 +201,7 @@ def _train(args: argparse.Namespace) -> int:
         train_decoder=not args.no_decoder, validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every, val_patches=args.val_patches, seed=args.seed,
         amp=not args.no_amp, stain_jitter=args.stain_jitter, scale_range=args.scale_jitter,
+        sample_weights=None if args.dataset_weights is None else train.image_weights(args.dataset_weights),
     )
     trainer = JointTrainer(model, train, val, out, cfg, device=args.device)
     state = trainer.fit(resume=args.resume, progress=not args.quiet)
@@ -196,6 +211,19 @@ def _train(args: argparse.Namespace) -> int:
           f"validation metric {best}; exported {files['sam']}" +
           (f" + {files['decoder'].name}" if "decoder" in files else ""), file=sys.stdout)
     return 0
+
+
+def _num_classes(train: _Concat) -> int:
+    """Classes (background included) of the training data's class scheme (6 = PanNuke's when the
+    data names none); all folders must agree."""
+    from .common import UsageError
+
+    schemes = {getattr(p, "class_names", None) for p in train.parts}
+    if schemes == {None}:  # class maps without names: PanNuke's 6 classes, as always
+        return 6
+    if len(schemes) > 1:
+        raise UsageError(f"--semantic: the --data folders use different class schemes: {sorted(schemes)}")
+    return len(schemes.pop())
 
 
 def _scale_range(text: str) -> tuple[float, float]:

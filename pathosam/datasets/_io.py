@@ -13,7 +13,8 @@ import numpy as np
 from ..image import IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from ..relabel import integer_ids, relabel_consecutive
 
-__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "as_integer_labels", "loadmat", "mat_variables", "polygon_pixels",
+__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "as_integer_labels", "class_map_from_ids", "loadmat", "mat_variables",
+           "polygon_pixels",
            "read_array", "read_instances", "read_rgb", "relabel_consecutive", "to_rgb_uint8"]
 
 #: Label image files: the image suffixes without the lossy JPEG, and numpy arrays.
@@ -56,6 +57,28 @@ def as_integer_labels(a: np.ndarray, what: str) -> np.ndarray:
 def read_instances(path: str | os.PathLike) -> np.ndarray:
     """Read an instance label image file -> (H, W) uint32 with ids 1..N."""
     return relabel_consecutive(as_integer_labels(read_array(path), str(path)))
+
+
+def class_map_from_ids(labels: np.ndarray, ids, classes, what: str, require_all: bool = False) -> np.ndarray:
+    """uint8 (H, W) class map from a per-nucleus table: every pixel of label ``ids[k]`` gets
+    ``classes[k]``; labels without a row get 0 (or raise, ``require_all``)."""
+    ids = np.asarray(ids).ravel().astype(np.int64)
+    cls = np.asarray(classes).ravel().astype(np.int64)
+    if ids.shape != cls.shape:
+        raise ValueError(f"{what}: 'id' ({ids.size}) and 'class' ({cls.size}) have different lengths")
+    if cls.size and (cls.min() < 0 or cls.max() > 255):
+        raise ValueError(f"{what}: class ids outside 0..255")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{what}: negative label ids")
+    if require_all:
+        present = np.unique(labels)
+        missing = np.setdiff1d(present[present > 0], ids)
+        if missing.size:
+            raise ValueError(f"{what}: no class for label id(s) {missing[:10].tolist()}")
+    top = max(int(labels.max()) if labels.size else 0, int(ids.max()) if ids.size else 0)
+    lut = np.zeros(top + 1, np.uint8)
+    lut[ids] = cls
+    return lut[labels]
 
 
 def loadmat(path: str | os.PathLike, keys: Sequence[str], optional: Iterable[str] = ()) -> dict[str, np.ndarray]:

@@ -367,6 +367,13 @@ class Dataset(Sequence[Sample]):
         return [e.name for e in self._entries]
 
     @property
+    def sources(self) -> dict[str, str]:
+        """``{name: source image}``: samples cut from one source image (tiles of one field) share
+        it (``meta["source"]`` of their entries); other samples are their own source. Pass it as
+        ``split_names(..., groups=ds.sources)`` so correlated tiles stay on one side of a split."""
+        return {e.name: str(e.meta.get("source", e.name)) for e in self._entries}
+
+    @property
     def entries(self) -> list[Entry]:
         """The (unread) entries of the selection: names, splits, file paths."""
         return list(self._entries)

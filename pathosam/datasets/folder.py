@@ -2,7 +2,9 @@
 
     DIR/images/NAME.{tif,png,jpg,bmp}    RGB image
     DIR/labels/NAME.{tif,png,npy}        instance labels, 0 = background
-    DIR/classes/NAME.{tif,png,npy}       optional semantic class map (0 = background)
+    DIR/classes/NAME.{tif,png,npy}       optional semantic class map (0 = background), or
+    DIR/classes/NAME.csv                 optional class per nucleus: header ``id,class``, one row
+                                         per label id of ``labels/NAME`` (ids as stored)
 
 or one such pair of folders per split: ``DIR/<split>/images`` + ``DIR/<split>/labels``, or
 ``DIR/images/<split>/`` + ``DIR/labels/<split>/`` (torch_em's prepared MoNuSeg/LyNSeC layout).
@@ -11,11 +13,19 @@ Images and labels are matched by file stem; unmatched files are an error that li
 
 from __future__ import annotations
 
+import csv
+import re
 import warnings
 from pathlib import Path
 
-from ._io import IMAGE_SUFFIXES, LABEL_SUFFIXES, as_integer_labels, read_array, read_instances, read_rgb
+import numpy as np
+
+from ._io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, as_integer_labels, class_map_from_ids, read_array, read_instances,
+                  read_rgb, relabel_consecutive)
 from .base import Dataset, Entry, Sample, Tree, natural_key, register
+
+#: Per-nucleus class tables (``classes/NAME.csv``) besides the class-map files.
+CLASS_SUFFIXES = LABEL_SUFFIXES + (".csv",)
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
@@ -96,6 +106,8 @@ class FolderDataset(Dataset):
     @classmethod
     def detect(cls, tree: Tree) -> bool:
         root = tree.root
+        if _is_consep_tiles(tree):  # the more specific reader takes it
+            return False
         for split, im, lab, _ in cls._split_dirs(root):
             if tree.files_in(im, IMAGE_SUFFIXES) and tree.files_in(lab, LABEL_SUFFIXES):
                 return True
@@ -117,7 +129,7 @@ class FolderDataset(Dataset):
             cls_files = {}
             if cls_dir.is_dir():
                 cls_files = _by_stem([p for p in sorted(cls_dir.iterdir()) if p.is_file()
-                                      and p.suffix.lower() in LABEL_SUFFIXES and not p.name.startswith(".")], "class")
+                                      and p.suffix.lower() in CLASS_SUFFIXES and not p.name.startswith(".")], "class")
             for stem, ip, lp in match_by_stem(ims, labs, str(lab_dir.parent if split is None else self.root),
                                               self._strict):
                 paths = {"image": ip, "label": lp}
@@ -125,16 +137,25 @@ class FolderDataset(Dataset):
                     if stem not in cls_files:
                         raise ValueError(f"{cls_dir}: no class map for {stem!r} (the folder exists, so every image needs one)")
                     paths["classes"] = cls_files[stem]
-                yield Entry(stem=stem, split=split, paths=paths)
+                yield Entry(stem=stem, split=split, paths=paths, meta=self._entry_meta(stem))
+
+    def _entry_meta(self, stem: str) -> dict:
+        return {}
 
     def _read(self, entry: Entry) -> Sample:
         image = read_rgb(entry.paths["image"])
-        labels = read_instances(entry.paths["label"])
         classes = None
-        if "classes" in entry.paths:
-            c = as_integer_labels(read_array(entry.paths["classes"]), str(entry.paths["classes"]))
+        cp = entry.paths.get("classes")
+        if cp is not None and cp.suffix.lower() == ".csv":
+            stored = as_integer_labels(read_array(entry.paths["label"]), str(entry.paths["label"]))
+            classes = class_map_from_ids(stored, *read_class_table(cp), str(cp), require_all=True)
+            labels = relabel_consecutive(stored)
+        else:
+            labels = read_instances(entry.paths["label"])
+        if cp is not None and classes is None:
+            c = as_integer_labels(read_array(cp), str(cp))
             if c.size and c.max() > 255:
-                raise ValueError(f"{entry.paths['classes']}: class ids above 255")
+                raise ValueError(f"{cp}: class ids above 255")
             classes = c.astype("uint8")
         if labels.shape != image.shape[:2]:
             raise ValueError(
@@ -142,3 +163,64 @@ class FolderDataset(Dataset):
                 f"({entry.paths['image'].name})"
             )
         return Sample(entry.stem, image, labels, classes, self.class_names if classes is not None else None)
+
+
+def read_class_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(label ids, class ids) of a per-nucleus class table (CSV with columns ``id,class``)."""
+    ids, classes = [], []
+    try:
+        with open(path, newline="") as f:
+            rows = csv.DictReader(f)
+            if rows.fieldnames is None or not {"id", "class"} <= set(rows.fieldnames):
+                raise ValueError(f"{path}: a class table needs the columns 'id' and 'class', got {rows.fieldnames}")
+            for n, row in enumerate(rows, start=2):
+                try:
+                    ids.append(int(row["id"]))
+                    classes.append(int(row["class"]))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}, line {n}: id and class must be whole numbers") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the class table ({exc})") from exc
+    return np.array(ids, np.int64), np.array(classes, np.int64)
+
+
+#: Tile names of the shared data's CoNSeP conversion: consep_<split>_<image>_<tile>.
+_CONSEP_TILE = re.compile(r"^consep_(train|test)_(\d+)_(\d+)$")
+
+
+@register
+class CoNSePTilesDataset(FolderDataset):
+    """CoNSeP cut into 256 px tiles, the shared data's conversion (``data/consep``)::
+
+        DIR/images/consep_<split>_<image>_<tile>.tif   RGB
+        DIR/labels/consep_<split>_<image>_<tile>.tif   instance labels
+        DIR/classes/consep_<split>_<image>_<tile>.csv  ``id,class`` per nucleus
+
+    Classes: HoVer-Net's merged CoNSeP scheme (1 other, 2 inflammatory, 3 epithelial,
+    4 spindle-shaped), not PanNuke's. The 16 tiles of one source image overlap and share tissue:
+    ``meta["source"]`` / :attr:`Dataset.sources` names the source image, so that
+    ``split_names(..., groups=ds.sources)`` keeps them on one side of a split.
+    """
+
+    format = "consep_tiles"
+    layout = "DIR/images/consep_<split>_<image>_<tile>.* + DIR/labels/ + DIR/classes/*.csv"
+
+    def __init__(self, root, split=None, *, name=None, strict: bool = True):
+        from .matlab import CONSEP_MERGED
+
+        super().__init__(root, split, name=name, class_names=CONSEP_MERGED[1:], strict=strict)
+
+    @classmethod
+    def detect(cls, tree: Tree) -> bool:
+        return _is_consep_tiles(tree)
+
+    def _entry_meta(self, stem: str) -> dict:
+        m = _CONSEP_TILE.match(stem)
+        return {"source": f"{m.group(1)}_{m.group(2)}"} if m else {}
+
+
+def _is_consep_tiles(tree: Tree) -> bool:
+    im = tree.root / "images"
+    names = [p.stem for p in tree.files_in(im, IMAGE_SUFFIXES)]
+    return (bool(names) and all(_CONSEP_TILE.match(n) for n in names)
+            and bool(tree.files_in(tree.root / "classes", (".csv",))))

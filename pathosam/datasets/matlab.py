@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import IMAGE_SUFFIXES, as_integer_labels, loadmat, mat_variables, read_rgb, relabel_consecutive
+from ._io import IMAGE_SUFFIXES, as_integer_labels, class_map_from_ids, loadmat, mat_variables, read_rgb, relabel_consecutive
 from .base import Dataset, Entry, Sample, Tree, natural_key, register
 from .folder import match_by_stem
 
@@ -68,19 +68,6 @@ def _image_label_pairs(tree: Tree, kind: str, root: Path, strict: bool):
                   and not p.name.startswith(".")]
         mats = tree.files_in(ld, [".mat"])
         yield ld, _split_of(ld), match_by_stem(images, mats, str(ld.parent), strict)
-
-
-def _class_map(inst: np.ndarray, ids: np.ndarray, cls: np.ndarray, what: str) -> np.ndarray:
-    ids = np.asarray(ids).ravel().astype(np.int64)
-    cls = np.asarray(cls).ravel().astype(np.int64)
-    if ids.shape != cls.shape:
-        raise ValueError(f"{what}: 'id' ({ids.size}) and 'class' ({cls.size}) have different lengths")
-    if cls.size and (cls.min() < 0 or cls.max() > 255):
-        raise ValueError(f"{what}: class ids outside 0..255")
-    top = max(int(inst.max()) if inst.size else 0, int(ids.max()) if ids.size else 0)
-    lut = np.zeros(top + 1, np.uint8)
-    lut[ids] = cls
-    return lut[inst]
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +133,7 @@ class LizardDataset(Dataset):
         inst = as_integer_labels(mat["inst_map"], str(mp))
         classes = None
         if "id" in mat and "class" in mat:
-            classes = _class_map(inst, mat["id"], mat["class"], str(mp))
+            classes = class_map_from_ids(inst, mat["id"], mat["class"], str(mp))
         image = read_rgb(entry.paths["image"])
         return Sample(entry.stem, image, relabel_consecutive(inst), classes,
                       self.class_names if classes is not None else None)

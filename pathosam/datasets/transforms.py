@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import replace
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -69,8 +70,8 @@ def unpad(array: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]) -
     return array[t:h - b, l:w - r]
 
 
-def split_names(names: Iterable[str], fractions: tuple[float, float] = (0.12, 0.2), seed: int = 42
-                ) -> dict[str, list[str]]:
+def split_names(names: Iterable[str], fractions: tuple[float, float] = (0.12, 0.2), seed: int = 42,
+                groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Deterministic seeded train/val/test split of sample names.
 
     Parameters
@@ -83,6 +84,11 @@ def split_names(names: Iterable[str], fractions: tuple[float, float] = (0.12, 0.
         reference's split CSVs (20 % test, then 15 % of the rest = 12 % val).
     seed : int
         Same names + same seed -> same split, on every platform (numpy ``default_rng``).
+    groups : mapping of str to str, optional
+        ``{name: group}`` (e.g. ``dataset.sources``: the source image of each tile): whole groups
+        are drawn, and the fractions count groups, so tiles of one image never straddle the
+        split. Names missing from the mapping are their own group; with every name its own group
+        the split equals the ungrouped one.
 
     Returns
     -------
@@ -102,14 +108,16 @@ def split_names(names: Iterable[str], fractions: tuple[float, float] = (0.12, 0.
     val_f, test_f = (float(f) for f in fractions)
     if val_f < 0 or test_f < 0 or val_f + test_f > 1:
         raise ValueError(f"split_names: fractions (val, test) must be >= 0 and sum to <= 1, got {fractions}")
-    n = len(names)
+    group_of = {n: (n if groups is None else str(groups.get(n, n))) for n in names}
+    units = sorted(set(group_of.values()))
+    n = len(units)
     n_test = math.floor(test_f * n + 0.5)
     n_val = min(math.floor(val_f * n + 0.5), n - n_test)
-    order = sorted(names)
     perm = np.random.default_rng(seed).permutation(n)
-    shuffled = [order[i] for i in perm]
-    return {
-        "train": sorted(shuffled[n_test + n_val:]),
-        "val": sorted(shuffled[n_test:n_test + n_val]),
-        "test": sorted(shuffled[:n_test]),
-    }
+    shuffled = [units[i] for i in perm]
+    parts = {"test": set(shuffled[:n_test]), "val": set(shuffled[n_test:n_test + n_val])}
+    side = {u: k for k, us in parts.items() for u in us}
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for name in names:
+        out[side.get(group_of[name], "train")].append(name)
+    return {k: sorted(v) for k, v in out.items()}

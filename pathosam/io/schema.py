@@ -100,18 +100,24 @@ def arrow_schema(cols: Iterable[Column]):
     return pa.schema([(c.name, types[c.dtype]) for c in cols])
 
 
-#: Colours of the PanNuke classes (HoVer-Net's PanNuke palette), [r, g, b] 0..255.
+#: Colours of the PanNuke classes (HoVer-Net's PanNuke palette) and the CoNSeP classes, [r, g, b] 0..255.
 CLASS_COLORS: dict[str, list[int]] = {
     "neoplastic": [255, 0, 0],
     "inflammatory": [0, 255, 0],
     "connective": [0, 0, 255],
     "dead": [255, 255, 0],
     "epithelial": [255, 165, 0],
+    # CoNSeP (pathosam_small's class head): the colour of the nearest PanNuke class
+    "other (CoNSeP)": [160, 160, 160],
+    "inflammatory (CoNSeP)": [0, 255, 0],
+    "epithelial (CoNSeP)": [255, 165, 0],
+    "spindle-shaped (CoNSeP)": [0, 0, 255],
 }
 
 
 def class_color(name: str) -> list[int]:
-    """[r, g, b] of a class: the PanNuke palette, else a fixed colour derived from the name."""
+    """[r, g, b] of a class: the palette above (PanNuke, CoNSeP), else a fixed colour derived
+    from the name."""
     if name in CLASS_COLORS:
         return list(CLASS_COLORS[name])
     h = zlib.crc32(name.encode("utf-8"))

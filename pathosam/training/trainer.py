@@ -57,7 +57,9 @@ class TrainConfig:
     model trained from scratch needs ~1e-4); ``scheduler_patience``/``scheduler_factor``:
     ReduceLROnPlateau on the validation metric (reference 10 / 0.9, counted in validations);
     ``train_decoder``: also train the UNETR AIS decoder (the joint objective); ``amp``: float16
-    autocast + GradScaler on CUDA.
+    autocast + GradScaler on CUDA. ``sample_weights``: probability weights of the training
+    images for the image drawn per patch (one per training image; None = uniform; validation
+    patches are always drawn uniformly).
     """
 
     iterations: int = 1000
@@ -80,6 +82,7 @@ class TrainConfig:
     amp: bool = True
     stain_jitter: bool = False
     scale_range: tuple[float, float] | None = None
+    sample_weights: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         """The settings as a dict (what checkpoints and ``config.json`` hold)."""
@@ -98,6 +101,7 @@ def _patches(data: Sequence, config: TrainConfig, seed: int, n: int | None, zoom
         sampler=MinInstanceSampler(config.min_instances, min_size=10), label_transform=ais_targets,
         stain_jitter=HEDJitter() if config.stain_jitter else None,
         scale_range=config.scale_range if zoom else None,
+        sample_weights=config.sample_weights if zoom else None,
     )
 
 

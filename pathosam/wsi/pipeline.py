@@ -209,7 +209,6 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     the model stage saves each batch's maps before handing it on, so a kill loses at most the
     batch inside the model, and a KeyboardInterrupt none (the batch in flight is finished and saved)."""
     from ..inference import TileInputs, input_size, run_tiles, tile_outputs
-    from ..semantic import N_CLASS_FEATURES
     from .stages import background
 
     options, geom, work = plan.options, plan.geom, plan.workdir
@@ -288,7 +287,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
                 maps[0] = 0  # no foreground; distances 1 (background value)
                 feats = None
                 if options.classes:
-                    feats = np.zeros((N_CLASS_FEATURES, r1 - r0, c1 - c0), np.float32)
+                    feats = np.zeros((model.class_scheme.n_features, r1 - r0, c1 - c0), np.float32)
                     feats[0] = 1  # background class: no votes, no shares
                 yield [(item, maps, feats)]
 
@@ -408,7 +407,8 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         t_post0 = time.perf_counter()
         files = [f"{name}.{s}" for s in ("ome.zarr", "parquet", "geojson.gz", "tissue.png", "manifest.json")]
         with atomic_file_set(out_dir, files) as staging:
-            n = _write_outputs(plan, staging, name, options.mpp or slide.mpp, progress)
+            n = _write_outputs(plan, staging, name, options.mpp or slide.mpp, progress,
+                               model.class_scheme.id_names if options.classes else None)
             from PIL import Image
 
             Image.fromarray((mask * 255).astype(np.uint8)).save(staging / f"{name}.tissue.png", format="PNG")
@@ -421,7 +421,8 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
         return manifest
 
 
-def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, progress: bool) -> int:
+def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, progress: bool,
+                   class_names: dict[int, str] | None = None) -> int:
     """Merge the saved blocks one row of blocks at a time (:func:`iter_merged`) and stream the
     label pyramid, the Parquet table and the GeoJSON (:mod:`pathosam.io`, the schema of image
     outputs); returns the number of nuclei. ``mpp``: the slide's level-0 pixel size (µm/px) or
@@ -452,7 +453,7 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
                              source, arrays[0], options.ais.min_size)
         for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
                                  disable=not progress):
-            table = _table(chunk, first, geom, options, mpp)
+            table = _table(chunk, first, geom, options, mpp, class_names)
             writer.write(table)
             count += len(chunk)
             # traced one block column at a time (a region of about 3 x 3 blocks), grouped by the
@@ -469,7 +470,8 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
     return count
 
 
-def _table(nuclei: Nuclei, first: int, geom: Geometry, options: SlideOptions, mpp: float | None):
+def _table(nuclei: Nuclei, first: int, geom: Geometry, options: SlideOptions, mpp: float | None,
+           class_names: dict[int, str] | None = None):
     """Per-nucleus table (:mod:`pathosam.io.schema`) of merged nuclei with ids ``first..``, in
     level-0 pixels (x = column, y = row, pixel edges); ``area_um2`` when ``mpp`` (level-0 µm/px)
     is known."""
@@ -481,7 +483,7 @@ def _table(nuclei: Nuclei, first: int, geom: Geometry, options: SlideOptions, mp
         classes, probabilities = (v[1:] for v in classes_from_sums(nuclei.features))
     return nuclei_table(np.arange(first, first + len(nuclei)), nuclei.area, nuclei.centroid, nuclei.bbox,
                         offset=(geom.roi[1], geom.roi[0]), scale=geom.scale, mpp=mpp, classes=classes,
-                        probabilities=probabilities)
+                        probabilities=probabilities, class_names=class_names)
 
 
 def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seconds: dict, thumb_ds: float,

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.overlap` (the sparse overlap table, constants), :mod:`.accuracy` (matching, mSA,
 AJI), :mod:`.dice` (binary / semantic / weighted dice), :mod:`.panoptic` (per-instance classes,
-PQ, mPQ, bPQ, mPQ+). Import the names from here.
+PQ, mPQ, bPQ, mPQ+), :mod:`.classification` (CoNSeP-style detection F1, per-class F1 of
+matched nuclei, confusion matrix). Import the names from here.
 
 Every function takes label images as numpy arrays indexed ``[row, col]`` (any number of
 dimensions works): ``0`` is background, every other integer value is one object. Ids need not be
@@ -33,6 +34,7 @@ Conventions
 """
 
 from .accuracy import aggregated_jaccard_index, matching, mean_segmentation_accuracy, sa50, sa75
+from .classification import ClassificationCounts, classification_counts, classification_scores
 from .dice import class_weights_from_counts, dice_score, semantic_dice, weighted_dice
 from .overlap import (
     DEFAULT_THRESHOLDS,
@@ -57,10 +59,13 @@ __all__ = [
     "PANNUKE_CLASS_IDS",
     "SA50_INDEX",
     "SA75_INDEX",
+    "ClassificationCounts",
     "Contingency",
     "aggregated_jaccard_index",
     "bpq",
     "class_weights_from_counts",
+    "classification_counts",
+    "classification_scores",
     "contingency_table",
     "dice_score",
     "instance_class_counts",
