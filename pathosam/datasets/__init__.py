@@ -12,7 +12,8 @@ unchanged), ``classes`` (H, W) uint8 (0 = background) with ``class_names`` (inde
 paths, extras).
 
 Formats (``list_formats()``): ``folder`` (generic images/ + labels/), ``pannuke``, ``lizard``,
-``monuseg``, ``consep``, ``cpm``, ``tnbc``, ``puma``, ``nuinsseg``, ``cryonuseg``, ``lynsec``,
+``monuseg``, ``consep``, ``consep_tiles`` (the shared data's 256 px CoNSeP tiles), ``cpm``,
+``tnbc``, ``puma``, ``nuinsseg``, ``cryonuseg``, ``lynsec``,
 ``nuclick``, ``srsanet``, ``glas`` (glands, not nuclei). Each reader's docstring gives its layout,
 split names and conversion rules. Nothing is downloaded: unpack the dataset's archive and point
 :func:`open_dataset` at it.
@@ -27,6 +28,7 @@ from ._io import read_rgb, relabel_consecutive
 # importing the reader modules registers the formats
 from .arrays import LyNSeCDataset, NuClickDataset, SRSANetDataset
 from .base import Dataset, Entry, Sample, detect_format, get_format, list_formats, open_dataset, register
+from .consep_tiles import CoNSePTilesDataset
 from .folder import FolderDataset
 from .masks import CryoNuSegDataset, GlaSDataset, NuInsSegDataset, TNBCDataset
 from .matlab import CoNSePDataset, CPMDataset, LizardDataset
@@ -37,7 +39,7 @@ from .transforms import pad_sample, padding_for, split_names, unpad
 __all__ = [
     "Sample", "Dataset", "Entry", "open_dataset", "list_formats", "detect_format", "get_format", "register",
     "pad_sample", "unpad", "padding_for", "split_names", "read_rgb", "relabel_consecutive",
-    "FolderDataset", "PanNukeDataset", "LizardDataset", "MoNuSegDataset", "CoNSePDataset", "CPMDataset",
+    "FolderDataset", "CoNSePTilesDataset", "PanNukeDataset", "LizardDataset", "MoNuSegDataset", "CoNSePDataset", "CPMDataset",
     "TNBCDataset", "PUMADataset", "NuInsSegDataset", "CryoNuSegDataset", "LyNSeCDataset", "NuClickDataset",
     "SRSANetDataset", "GlaSDataset", "PUMA_CLASSES",
 ]

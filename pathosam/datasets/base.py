@@ -417,7 +417,8 @@ def _assign_names(entries: list[Entry], fmt: str, root: Path) -> None:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The one registered format whose layout matches the folder ``path``.
+    """The one registered format whose layout matches the folder ``path`` (when a reader and
+    a subclass of it both match, the subclass).
 
     Raises ValueError naming the candidates when several match, or the known formats when none does.
     """
@@ -426,6 +427,8 @@ def detect_format(path: str | os.PathLike) -> str:
         raise NotADirectoryError(f"dataset path is not a folder: {root}")
     tree = Tree(root)
     hits = [name for name, cls in sorted(_REGISTRY.items()) if cls.detect(tree)]
+    # a more specific reader (a subclass, e.g. consep_tiles of folder) wins over its base
+    hits = [h for h in hits if not any(o != h and issubclass(_REGISTRY[o], _REGISTRY[h]) for o in hits)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
