@@ -20,6 +20,8 @@ _OWNCLOUD = "https://owncloud.gwdg.de/index.php/s/{}/download"
 _META = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 #: xxh128 of the bundled small model (pathosam/weights/pathosam_small.pt; docs/models.md).
 BUNDLED_HASH = "xxh128:d85fb357673f93c4cd7de8d88609df6e"
+#: xxh128 of its bundled class head (pathosam/weights/pathosam_small_classes.pt; CoNSeP classes).
+BUNDLED_CLASSES_HASH = "xxh128:a9de38cc757cbfe61932240ff516d725"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,12 @@ MODELS: dict[str, ModelEntry] = {
                    "pathosam small model (ViT 96x4, 256 px input; SAM + AIS decoder with image skip), shipped with "
                    "the package, CPU-friendly; AIS with shape seeds, drops nuclei < 100 px; see docs/models.md",
                    approx_size_mb=12, bundled="weights/pathosam_small.pt",
-                   ais_defaults=(("min_size", 100), ("seeds", "shape"))),
+                   ais_defaults=(("min_size", 100), ("seeds", "shape")),
+                   semantic_decoder=f"{DEFAULT_MODEL}_classes"),
+        ModelEntry(f"{DEFAULT_MODEL}_classes", "", BUNDLED_CLASSES_HASH,
+                   "pathosam small model's class head: CoNSeP's 4 nucleus classes (other, inflammatory, "
+                   "epithelial, spindle-shaped), shipped with the package; see docs/models.md",
+                   approx_size_mb=2, bundled="weights/pathosam_small_classes.pt", class_scheme="consep"),
         ModelEntry("vit_b_histopathology", _OWNCLOUD.format("sBB4H8CTmIoBZsQ"),
                    "xxh128:ffd1a2cd84570458b257bd95fdd8f974", "PathoSAM ViT-B generalist (SAM weights)",
                    decoder="vit_b_histopathology_decoder",
@@ -74,7 +81,7 @@ MODELS: dict[str, ModelEntry] = {
                    approx_size_mb=44),
         ModelEntry("vit_b_histopathology_semantic_decoder", _OWNCLOUD.format("TFbI25UZoixd1hi"),
                    "sha256:bdd05a55c72c02abce72a7aa6885c6ec21df9c43fda9cf3c5d11ef5788de0ab0",
-                   "PathoSAM ViT-B semantic decoder (PanNuke classes)", approx_size_mb=44),
+                   "PathoSAM ViT-B semantic decoder (PanNuke classes)", approx_size_mb=44, class_scheme="pannuke"),
         ModelEntry("vit_b", _META.format("sam_vit_b_01ec64.pth"), "xxh128:6923c33df3637b6a922d7682bfc9a86b",
                    "Segment Anything ViT-B (Meta)", approx_size_mb=375),
         ModelEntry("vit_l", _META.format("sam_vit_l_0b3195.pth"), "xxh128:a82beb3c660661e3dd38d999cc860e9a",

@@ -16,7 +16,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="finetune PathoSAM on annotated images (micro-sam objective, or the semantic head)",
         description="Train with micro-sam's joint objective (iterative prompting + the UNETR AIS decoder) or, "
-                    "with --semantic, the 6-class semantic head. Checkpoints, log.csv (and TensorBoard if "
+                    "with --semantic, the semantic (class) head, one map per class of the data (PanNuke 6, CoNSeP 5, "
+                    "background included). Checkpoints, log.csv (and TensorBoard if "
                     "installed) go to RUN; --resume continues a stopped run exactly; at the end the best "
                     "weights are exported to RUN/export (released layout and {model_state, decoder_state}).",
     )

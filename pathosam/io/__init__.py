@@ -22,7 +22,7 @@ column                 dtype    unit   meaning
 ``bbox_y0``            int64    px     top edge (inclusive)
 ``bbox_x1``            int64    px     right edge (exclusive: x0 + width)
 ``bbox_y1``            int64    px     bottom edge (exclusive: y0 + height)
-``class_id``           uint8           class (with classes): PanNuke id 1..5, 0 = none
+``class_id``           uint8           class (with classes): id in the model's class scheme (PanNuke 1..5, CoNSeP 1..4), 0 = none
 ``class_name``         string          class name; ``""`` for class 0 (never null)
 ``class_probability``  float32         mean share of the chosen class (with classes), 0..1
 =====================  =======  =====  ==========================================================
@@ -37,7 +37,7 @@ GeoJSON Features (one per nucleus) carry ``properties.measurements`` ``"Label id
 ``"Centroid X px"``, ``"Centroid Y px"`` (4 decimals), ``"Area px"``, ``"Area µm^2"`` (4
 decimals, with the pixel size) and ``"Class probability"`` (6 decimals), and
 ``properties.classification`` ``{"name": class_name, "color": [r, g, b]}`` for nuclei with a
-class (PanNuke colours). Tables keep full precision.
+class (PanNuke / CoNSeP colours). Tables keep full precision.
 """
 
 from __future__ import annotations

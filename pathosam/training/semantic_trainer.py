@@ -345,7 +345,8 @@ def train_semantic(
     stop_after: int | None = None,
     export: bool = True,
 ) -> dict[str, Any]:
-    """Train the 6-class semantic UNETR head of ``model`` (see the module docstring).
+    """Train the semantic UNETR head of ``model`` (``config.num_classes`` maps, 6 = PanNuke's; see
+    the module docstring).
 
     Parameters
     ----------
