@@ -108,6 +108,17 @@ def is_registered(name: str) -> bool:
     return name in MODELS
 
 
+def is_decoder(name: str) -> bool:
+    """Whether registry entry ``name`` is a decoder file (an instance or semantic decoder named by
+    another entry, e.g. ``vit_b_histopathology_decoder``, ``pathosam_small_classes``), not SAM weights."""
+    return any(name in (e.decoder, e.semantic_decoder) for e in MODELS.values()) or name.endswith("decoder")
+
+
+def sam_names() -> list[str]:
+    """Registry names of SAM weights (what ``load_model`` takes as its model), decoders left out."""
+    return [n for n in MODELS if not is_decoder(n)]
+
+
 def get(name: str) -> ModelEntry:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(MODELS)}")

@@ -92,7 +92,7 @@ def served_sources(config: ServerConfig) -> list[tuple[WeightsEntry, ModelSource
                 raise FileNotFoundError(f"decoder file not found: {spec.decoder}")
             decoder = str(dec.resolve())
         if registry.is_registered(spec.model) and not Path(spec.model).exists():
-            if spec.model.endswith("decoder"):
+            if registry.is_decoder(spec.model):
                 raise ValueError(f"{spec.model!r} is a decoder; give the SAM model (e.g. vit_b_histopathology)")
             if not registry.path(spec.model).is_file() and not (config.allow_downloads and not registry.offline()):
                 raise registry.ModelNotAvailableError(

@@ -245,7 +245,7 @@ class WeightsStore:
 
     # ------------------------------------------------------------------ listing
     def _registry_sam_names(self) -> list[str]:
-        return [n for n in registry.names() if not n.endswith("decoder")]
+        return registry.sam_names()
 
     def _available(self, entry: WeightsEntry) -> bool:
         try:
@@ -304,7 +304,7 @@ class WeightsStore:
                 return source
         name = self._registry_urls.get(key)
         if name is not None:
-            if name.endswith("decoder"):
+            if registry.is_decoder(name):
                 raise RequestError(400, f"{url} is the registered decoder {name!r}, not SAM weights")
             if not (registry.path(name).is_file() or self.allow_downloads):
                 raise RequestError(
