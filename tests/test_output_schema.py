@@ -38,15 +38,15 @@ def _features(path):
         return {ft["properties"]["measurements"]["Label id"]: ft for ft in json.load(f)["features"]}
 
 
-@pytest.mark.parametrize(("classes", "mpp"), [(False, None), (True, 0.5)])
-def test_image_run_and_slide_run_of_the_same_pixels_write_the_same_outputs(tmp_path, classes, mpp):
+@pytest.mark.parametrize(("classes", "mpp", "scheme"), [(False, None, None), (True, 0.5, None), (True, None, "consep")])
+def test_image_run_and_slide_run_of_the_same_pixels_write_the_same_outputs(tmp_path, classes, mpp, scheme):
     image, _ = disk_image((300, 420), seed=7, n=45)
     ais = AISParams(min_size=5)
-    result = segment_nuclei(image, MapsFromImage(), classes=classes, progress=False, **TILING, **ais.__dict__)
+    result = segment_nuclei(image, MapsFromImage(scheme), classes=classes, progress=False, **TILING, **ais.__dict__)
     save_segmentation(result, tmp_path / "image", "disks", ("tif", "geojson", "parquet", "csv"), mpp=mpp)
     _write_slide(tmp_path / "disks.ome.tif", image, mpp)
     opts = SlideOptions(target_mpp=None, tissue=False, classes=classes, ais=ais, **TILING)
-    segment_slide(tmp_path / "disks.ome.tif", MapsFromImage(), tmp_path / "slide", opts, progress=False)
+    segment_slide(tmp_path / "disks.ome.tif", MapsFromImage(scheme), tmp_path / "slide", opts, progress=False)
 
     labels = read_label_tiff(tmp_path / "image" / "disks.tif")
     np.testing.assert_array_equal(labels, read_label_zarr(tmp_path / "slide" / "disks.ome.zarr"))
@@ -66,7 +66,8 @@ def test_image_run_and_slide_run_of_the_same_pixels_write_the_same_outputs(tmp_p
     if classes:
         assert img["class_id"].dtype == np.uint8 and img["class_probability"].dtype == np.float32
         assert (img["class_name"] != "").sum() >= 40
-        assert set(img["class_name"]) <= {"", "neoplastic", "inflammatory", "connective", "dead", "epithelial"}
+        names = MapsFromImage(scheme).class_scheme.names[1:]  # PanNuke's, or CoNSeP's with "(CoNSeP)"
+        assert set(img["class_name"]) <= {"", *names} and len(set(img["class_name"]) - {""}) >= 2
     csv = pd.read_csv(tmp_path / "image" / "disks.csv", keep_default_na=False)
     assert list(csv.columns) == expected
 

@@ -25,11 +25,12 @@ class MapsFromImage(PathoSAM):
     green = class), so the pipeline's tiling, stitching and bookkeeping can be checked exactly
     and quickly. The real model's maps are checked against the reference vectors elsewhere."""
 
-    def __init__(self):  # noqa: D107 - no SAM weights needed
+    def __init__(self, class_scheme: str | None = None):  # noqa: D107 - no SAM weights needed
         self.device = torch.device("cpu")
         self.decoder = object()
-        self.semantic_decoder = SimpleNamespace(out_channels=6)  # PanNuke's 6 maps
-        self.class_scheme_name = None
+        n = 5 if class_scheme == "consep" else 6  # CoNSeP's or PanNuke's maps
+        self.semantic_decoder = SimpleNamespace(out_channels=n)
+        self.class_scheme_name = class_scheme
         self.name = self.model_id = "maps-from-image"
 
     def encode(self, batch):
@@ -43,8 +44,9 @@ class MapsFromImage(PathoSAM):
             if what == "instance":
                 out.append(torch.stack([(d < 0.999).float(), d, d]).numpy())
             else:
-                cls = torch.round(x[1] / 50).clamp(0, 5).long()
-                out.append(F.one_hot(cls, 6).permute(2, 0, 1).float().numpy() * 0.8 + 0.1)
+                n = self.semantic_decoder.out_channels
+                cls = torch.round(x[1] / 50).clamp(0, n - 1).long()
+                out.append(F.one_hot(cls, n).permute(2, 0, 1).float().numpy() * 0.8 + 0.1)
         return out
 
 
