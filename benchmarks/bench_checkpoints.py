@@ -21,16 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def validation_sets(data: Path, val_list: Path) -> dict:
     """``{dataset name: Dataset}`` of the validation images."""
-    from pathosam.datasets import open_dataset, split_names
+    from bench_consep import validation_tiles
+
+    from pathosam.datasets import open_dataset
 
     by: dict[str, list[str]] = {}
     for n in json.loads(val_list.read_text())["val"]:
         d, k = n.split("/", 1)
         by.setdefault(d, []).append(k)
     sets = {d: open_dataset(data / d, "folder").select(items) for d, items in by.items()}
-    c = open_dataset(data / "consep")
-    val = split_names(c.names, (0.25, 0.0), seed=0, groups=c.sources)["val"]
-    sets["consep"] = c.select([n for n in val if c[n].labels.max() > 0])
+    tiles = validation_tiles(data / "consep")
+    sets["consep"] = tiles.select([n for n in tiles.names if tiles[n].labels.max() > 0])
     return sets
 
 

@@ -53,8 +53,6 @@ SCHEMES = {s.name: s for s in (PANNUKE, CONSEP)}
 
 #: PanNuke class ids; 0 is background (kept for the PanNuke default of the writers).
 CLASS_NAMES = PANNUKE.id_names
-#: Per-pixel class features of PanNuke's 6 maps (:func:`class_features`): 6 votes + 5 shares.
-N_CLASS_FEATURES = PANNUKE.n_features
 
 
 def class_scheme(n_classes: int, name: str | None = None) -> ClassScheme:

@@ -39,7 +39,8 @@ from .transforms import pad_sample, padding_for, split_names, unpad
 __all__ = [
     "Sample", "Dataset", "Entry", "open_dataset", "list_formats", "detect_format", "get_format", "register",
     "pad_sample", "unpad", "padding_for", "split_names", "read_rgb", "relabel_consecutive",
-    "FolderDataset", "CoNSePTilesDataset", "PanNukeDataset", "LizardDataset", "MoNuSegDataset", "CoNSePDataset", "CPMDataset",
+    "FolderDataset", "CoNSePTilesDataset", "PanNukeDataset", "LizardDataset", "MoNuSegDataset", "CoNSePDataset",
+    "CPMDataset",
     "TNBCDataset", "PUMADataset", "NuInsSegDataset", "CryoNuSegDataset", "LyNSeCDataset", "NuClickDataset",
     "SRSANetDataset", "GlaSDataset", "PUMA_CLASSES",
 ]

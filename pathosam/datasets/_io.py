@@ -14,8 +14,7 @@ from ..image import IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from ..relabel import integer_ids, relabel_consecutive
 
 __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "as_integer_labels", "class_map_from_ids", "loadmat", "mat_variables",
-           "polygon_pixels",
-           "read_array", "read_instances", "read_rgb", "relabel_consecutive", "to_rgb_uint8"]
+           "polygon_pixels", "read_array", "read_instances", "read_rgb", "relabel_consecutive", "to_rgb_uint8"]
 
 #: Label image files: the image suffixes without the lossy JPEG, and numpy arrays.
 LABEL_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".jpg", ".jpeg")) + (".npy",)

@@ -143,17 +143,17 @@ class FolderDataset(Dataset):
         image = read_rgb(entry.paths["image"])
         classes = None
         cp = entry.paths.get("classes")
-        if cp is not None and cp.suffix.lower() == ".csv":
+        if cp is not None and cp.suffix.lower() == ".csv":  # a class per stored label id
             stored = as_integer_labels(read_array(entry.paths["label"]), str(entry.paths["label"]))
             classes = class_map_from_ids(stored, *read_class_table(cp), str(cp), require_all=True)
             labels = relabel_consecutive(stored)
         else:
             labels = read_instances(entry.paths["label"])
-        if cp is not None and classes is None:
-            c = as_integer_labels(read_array(cp), str(cp))
-            if c.size and c.max() > 255:
-                raise ValueError(f"{cp}: class ids above 255")
-            classes = c.astype("uint8")
+            if cp is not None:  # a class map
+                c = as_integer_labels(read_array(cp), str(cp))
+                if c.size and c.max() > 255:
+                    raise ValueError(f"{cp}: class ids above 255")
+                classes = c.astype("uint8")
         if labels.shape != image.shape[:2]:
             raise ValueError(
                 f"{entry.paths['label']}: label shape {labels.shape} differs from the image shape {image.shape[:2]} "

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import IMAGE_SUFFIXES, as_integer_labels, class_map_from_ids, loadmat, mat_variables, read_rgb, relabel_consecutive
+from ._io import (IMAGE_SUFFIXES, as_integer_labels, class_map_from_ids, loadmat, mat_variables, read_rgb,
+                  relabel_consecutive)
 from .base import Dataset, Entry, Sample, Tree, natural_key, register
 from .folder import match_by_stem
 

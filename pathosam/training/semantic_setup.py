@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..semantic import PANNUKE, class_scheme
 from .losses import semantic_class_weights
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 #: Class names by id (PanNuke, patho-sam ``CLASS_DICT['pannuke']``).
-PANNUKE_CLASSES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
+PANNUKE_CLASSES = PANNUKE.names
 #: patho-sam's generalist CE weights (``calculate_class_weights_for_loss_weighting()``).
 REFERENCE_CLASS_WEIGHTS = (1.0, 1.0, 7.0, 6.0, 10.0, 8.0)
 
@@ -272,7 +273,6 @@ def init_semantic_decoder(
 
 
 def class_names(n: int) -> tuple[str, ...]:
-    """Names of ``n`` classes by id: PanNuke's for 6, else ``background``, ``class1``, ..."""
-    if n == len(PANNUKE_CLASSES):
-        return PANNUKE_CLASSES
-    return ("background", *(f"class{c}" for c in range(1, n)))
+    """Names of ``n`` classes by id: PanNuke's for 6, else ``background``, ``class1``, ...
+    (:func:`pathosam.semantic.class_scheme`)."""
+    return class_scheme(n).names
