@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from .image import IMAGE_SUFFIXES, Normalization, check_image
-from .inference import (TileInputs, image_tiles, input_size, iter_tile_maps, postprocessing_halo, resolve_tiling,
-                        tile_outputs)
+from .inference import (BlockOutputs, TileInputs, image_tiles, input_size, iter_tile_maps, postprocessing_block,
+                        postprocessing_halo, resolve_tiling, tile_outputs)
 from .instances.params import AISParams, AMGParams, parameter_names
 from .instances.tiled import TiledAIS
 from .tiling import Tile
@@ -207,9 +207,11 @@ def _ais(model, image: np.ndarray, tile_shape: tuple[int, int] | None, halo: tup
     from .semantic import classes_from_sums, nucleus_classes
 
     shape = image.shape[:2]
-    job = None
-    if tile_shape is not None:
-        job = TiledAIS(shape, tile_shape, postprocessing_halo(tile_shape, halo, params.seeds), params)
+    job = blocks = None
+    if tile_shape is not None:  # post-processed in blocks of whole tiles
+        block_shape = postprocessing_block(tile_shape)
+        job = TiledAIS(shape, block_shape, postprocessing_halo(block_shape, halo, params.seeds), params)
+        blocks = BlockOutputs(shape, tile_shape, block_shape)
     inputs = TileInputs(image, normalization, input_size(model))
     whats = ("instance", "semantic") if classes else ("instance",)
     t_model, t0 = 0.0, time.perf_counter()
@@ -219,7 +221,9 @@ def _ais(model, image: np.ndarray, tile_shape: tuple[int, int] | None, halo: tup
         inst, sem = maps["instance"], maps.get("semantic", [None] * len(tiles))
         if job is not None:
             for tile, m, s in zip(tiles, inst, sem):
-                job.add(tile.index, *tile_outputs(tile, m, s))
+                block = blocks.add(tile, *tile_outputs(tile, m, s))
+                if block is not None:
+                    job.add(*block)
         if on_tiles is not None:
             on_tiles(tiles, inst)
     t_post = time.perf_counter() - t0 - t_model

@@ -12,8 +12,10 @@ pipeline (:mod:`pathosam.wsi.pipeline`). It owns
 * batching tiles through the model, with test-time augmentation: :func:`batched`,
   :func:`tile_maps`, :func:`run_tiles`, :func:`iter_tile_maps`, :func:`encode_blocks`,
   :func:`maps_from_embeddings`;
-* the halo of the block-wise post-processing: :func:`postprocessing_halo`;
-* pasting inner blocks: :func:`inner`, :func:`paste_inner`, :func:`tile_outputs`.
+* the blocks and halo of the block-wise post-processing: :func:`postprocessing_block`,
+  :func:`postprocessing_halo`, :class:`BlockOutputs`;
+* pasting inner blocks: :func:`inner`, :func:`paste_inner`, :func:`tile_outputs`,
+  :func:`background_outputs`.
 
 Coordinates: blocks are ``((row0, col0), (row1, col1))`` in pixels of the full image, end
 exclusive (:mod:`pathosam.tiling`); maps are float32 (C, rows, cols).
@@ -34,10 +36,16 @@ from typing import TypeVar
 import numpy as np
 
 from .image import LONG_SIDE, NORMALIZATIONS, Normalization, check_image, prepare_input, to_rgb_uint8
-from .tiling import Block, Tile, tile_grid, tile_slices
+from .tiling import Block, Tile, tile_grid, tile_slices, tiles_within
 
 #: Halo (rows, cols) of an explicit ``tile_shape`` given without one.
 DEFAULT_HALO = (64, 64)
+#: Smallest side, in pixels, of the blocks of the block-wise AIS post-processing (whole model
+#: tiles), twice the 64 px context. Each block is post-processed with :func:`postprocessing_halo`
+#: of context, so blocks of small tiles would redo most pixels: 96 px tiles + 64 px context are
+#: 5.4x the pixels, 192 px blocks (2 x 2 tiles) 2.8x. The labels do not depend on the block size
+#: (the stitching is exact).
+MIN_BLOCK = 128
 #: Flips (tensor dims) averaged by the test-time augmentation: identity, columns, rows, both.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
@@ -111,6 +119,51 @@ def postprocessing_halo(tile_shape: tuple[int, int], halo: tuple[int, int], seed
     transform sees whole clusters of touching nuclei) and at most the tile shape."""
     least = 64 if seeds == "shape" else 32
     return (min(max(halo[0], least), tile_shape[0]), min(max(halo[1], least), tile_shape[1]))
+
+
+def postprocessing_block(tile_shape: tuple[int, int]) -> tuple[int, int]:
+    """Shape (rows, cols), in pixels, of the post-processing blocks for model tiles of
+    ``tile_shape``: k x k whole tiles, k the fewest reaching :data:`MIN_BLOCK` (1 for the
+    reference's 384 px tiles, 2 for pathosam_small's 96 px tiles)."""
+    return tuple(int(t) * max(1, -(-MIN_BLOCK // int(t))) for t in tile_shape)
+
+
+class BlockOutputs:
+    """The inner outputs of model tiles (:func:`tile_outputs`) put together per post-processing
+    block: ``add`` each tile's as it comes (any order); it returns ``(block index, maps,
+    features)`` once the block's last tile is in. Blocks are those of ``tile_grid(shape,
+    block_shape, halo)``; ``block_shape``: whole tiles (:func:`postprocessing_block`)."""
+
+    def __init__(self, shape: tuple[int, int], tile_shape: tuple[int, int], block_shape: tuple[int, int],
+                 halo: tuple[int, int] = (0, 0)) -> None:
+        self.shape, self.tile_shape, self.halo = shape, tile_shape, halo
+        self.blocks = tile_grid(shape, block_shape, halo)
+        self._block_shape = block_shape
+        self._n_cols = -(-int(shape[1]) // int(block_shape[1]))
+        self._open: dict[int, list] = {}  # block -> [maps, features, tiles still missing]
+
+    def tiles(self, block: int) -> list[Tile]:
+        """The model tiles of ``block`` (indices of the model tile grid)."""
+        return tiles_within(self.blocks[block].inner, self.tile_shape, self.halo, self.shape)
+
+    def add(self, tile: Tile, maps: np.ndarray, features: np.ndarray | None = None
+            ) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+        (r0, c0), (r1, c1) = tile.inner
+        b = (r0 // self._block_shape[0]) * self._n_cols + c0 // self._block_shape[1]
+        (b0, d0), (b1, d1) = self.blocks[b].inner
+        entry = self._open.get(b)
+        if entry is None:
+            feats = None if features is None else np.empty((features.shape[0], b1 - b0, d1 - d0), np.float32)
+            entry = self._open[b] = [np.empty((maps.shape[0], b1 - b0, d1 - d0), np.float32), feats,
+                                     len(self.tiles(b))]
+        entry[0][:, r0 - b0 : r1 - b0, c0 - d0 : c1 - d0] = maps
+        if features is not None:
+            entry[1][:, r0 - b0 : r1 - b0, c0 - d0 : c1 - d0] = features
+        entry[2] -= 1
+        if entry[2]:
+            return None
+        del self._open[b]
+        return b, entry[0], entry[1]
 
 
 # ------------------------------------------------------------------------------------ tile inputs
@@ -257,6 +310,19 @@ def tile_outputs(tile: Tile, inst: np.ndarray, sem: np.ndarray | None = None
 
     maps = np.ascontiguousarray(inner(tile, inst)[:3], dtype=np.float32)
     return maps, None if sem is None else class_features(inner(tile, sem))
+
+
+def background_outputs(tile: Tile, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`tile_outputs` of a tile left out of the model (no tissue): no foreground,
+    distances 1 (their background value); features: all of the background class."""
+    (r0, c0), (r1, c1) = tile.inner
+    maps = np.ones((3, r1 - r0, c1 - c0), np.float32)
+    maps[0] = 0
+    feats = None
+    if n_features is not None:
+        feats = np.zeros((n_features, r1 - r0, c1 - c0), np.float32)
+        feats[0] = 1  # background class: no votes, no shares
+    return maps, feats
 
 
 def decoder_maps(

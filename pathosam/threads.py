@@ -35,3 +35,18 @@ def worker_environment(n_workers: int, cores: int | None = None) -> dict[str, st
     t = str(worker_threads(n_workers, cores))
     wanted = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OMP_WAIT_POLICY": "PASSIVE"}
     return {k: os.environ.get(k, v) for k, v in wanted.items()}
+
+
+#: Largest model input (px) counted as small in :func:`model_stage_threads`.
+SMALL_INPUT = 256
+
+
+def model_stage_threads(img_size: int, threads: int) -> int:
+    """torch threads for the model stage of the slide pipeline, which runs beside its block
+    post-processing stage: all ``threads`` for the reference-sized models (their tiles keep the
+    cores busy, post-processing is < 1 % of the work); half of them, at least 1, for a model of
+    input <= :data:`SMALL_INPUT` px, whose 128 px tiles use more threads poorly while the
+    post-processing is a large share of the work (pathosam_small on 2 cores, CMU-1 ROI: 1 model
+    thread 337 s / mm², 2 threads 518 s / mm²; docs/benchmarks.md)."""
+    threads = max(1, int(threads))
+    return max(1, threads // 2) if img_size <= SMALL_INPUT else threads

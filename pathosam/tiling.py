@@ -51,3 +51,24 @@ def tile_slices(block: Block) -> tuple[slice, slice]:
     """numpy slices of a block."""
     (r0, c0), (r1, c1) = block
     return slice(r0, r1), slice(c0, c1)
+
+
+def tiles_within(block: Block, tile_shape: tuple[int, int], halo: tuple[int, int], shape: tuple[int, int]
+                 ) -> list[Tile]:
+    """The tiles of ``tile_grid(shape, tile_shape, halo)`` whose inner blocks lie in ``block`` (a
+    block of whole tiles: its start a multiple of ``tile_shape``), row-major, with their indices
+    in that grid."""
+    (b0, d0), (b1, d1) = block
+    H, W = int(shape[0]), int(shape[1])
+    th, tw = int(tile_shape[0]), int(tile_shape[1])
+    hh, hw = int(halo[0]), int(halo[1])
+    if b0 % th or d0 % tw:
+        raise ValueError(f"block {block} does not start on the {tile_shape} tile grid")
+    n_cols = -(-W // tw)
+    tiles = []
+    for r0 in range(b0, min(b1, H), th):
+        for c0 in range(d0, min(d1, W), tw):
+            r1, c1 = min(r0 + th, H), min(c0 + tw, W)
+            outer = ((max(r0 - hh, 0), max(c0 - hw, 0)), (min(r1 + hh, H), min(c1 + hw, W)))
+            tiles.append(Tile((r0 // th) * n_cols + c0 // tw, ((r0, c0), (r1, c1)), outer))
+    return tiles

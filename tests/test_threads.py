@@ -49,3 +49,36 @@ def test_local_dask_workers_get_the_environment(monkeypatch):
     finally:
         client.close()
         client.cluster.close()
+
+
+def test_model_stage_threads_halve_for_small_models_only():
+    from pathosam.threads import model_stage_threads
+
+    assert model_stage_threads(1024, 8) == 8 and model_stage_threads(1024, 1) == 1
+    assert model_stage_threads(256, 2) == 1 and model_stage_threads(256, 8) == 4
+    assert model_stage_threads(256, 1) == 1 and model_stage_threads(256, 0) == 1
+
+
+def test_slide_run_restores_the_torch_threads(tmp_path):
+    import torch
+
+    from pathosam.instances.tiled import AISParams
+    from pathosam.wsi.pipeline import SlideOptions, segment_slide
+
+    from .test_segment import MapsFromImage, disk_image
+    from .test_wsi_pipeline import write_pyramid
+
+    image, _ = disk_image((200, 260), seed=1, n=20)
+    write_pyramid(tmp_path / "s.ome.tif", image, 0.5)
+    before = torch.get_num_threads()
+    class SmallMaps(MapsFromImage):
+        img_size = 256  # a small model: its model stage runs on half the threads, then they are restored
+
+    model = SmallMaps()
+    seen = []
+    decode = model.decode
+    model.decode = lambda *a, **k: seen.append(torch.get_num_threads()) or decode(*a, **k)
+    opts = SlideOptions(target_mpp=None, tile_shape=(64, 64), halo=(16, 16), tissue=False, ais=AISParams(min_size=5))
+    segment_slide(tmp_path / "s.ome.tif", model, tmp_path / "out", opts, progress=False)
+    assert seen and set(seen) == {max(1, before // 2)}
+    assert torch.get_num_threads() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,10 @@ import pytest
 import shapely.geometry
 import tifffile
 
+from pathosam.automatic import segment_nuclei
+from pathosam.inference import postprocessing_block
 from pathosam.instances.tiled import AISParams
+from pathosam.tiling import tile_grid
 from pathosam.io.omezarr import read_label_zarr
 from pathosam.wsi.pipeline import SlideOptions, segment_slide
 
@@ -62,10 +66,31 @@ def test_synthetic_slide_no_seams_and_consistent_outputs(tmp_path):
     assert not (tmp_path / "out" / "disks.work").exists()
 
 
-def test_resume_after_a_kill_gives_identical_output(tmp_path):
+def test_blocks_of_several_model_tiles_equal_the_image_run(tmp_path):
+    """Model tiles smaller than MIN_BLOCK are read, saved and post-processed in blocks of whole
+    tiles (64 px tiles: 2 x 2 = 128 px blocks, 96 px: 192 px), as ``segment_nuclei`` does."""
+    image, _ = disk_image((500, 610), seed=6, n=90)
+    write_pyramid(tmp_path / "s.ome.tif", image, 0.5)
+    for tile in (64, 96):
+        opts = SlideOptions(target_mpp=None, tile_shape=(tile, tile), halo=(32, 32), tissue=False,
+                            ais=AISParams(min_size=5))
+        man = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / str(tile), opts, progress=False)
+        g = man["work_grid"]
+        assert g["block_shape"] == [2 * tile] * 2 == list(postprocessing_block((tile, tile)))
+        assert g["tiles_through_model"] == g["tiles"] == len(tile_grid((500, 610), (tile, tile), (0, 0)))
+        assert g["blocks"] == len(tile_grid((500, 610), (2 * tile, 2 * tile), (0, 0)))
+        labels = load_outputs(tmp_path / str(tile), "s")[0]
+        ref = segment_nuclei(image, MapsFromImage(), "ais", tile_shape=(tile, tile), halo=(32, 32), min_size=5,
+                             progress=False)
+        assert man["nuclei"] == ref.labels.max() > 80
+        np.testing.assert_array_equal(labels, ref.labels)
+
+
+@pytest.mark.parametrize("tile", [128, 64])
+def test_resume_after_a_kill_gives_identical_output(tmp_path, tile):
     image, _ = disk_image((500, 600), seed=4, n=80)
     write_pyramid(tmp_path / "s.ome.tif", image, 0.25)
-    opts = SlideOptions(tile_shape=(128, 128), halo=(32, 32), tissue=False, classes=True)
+    opts = SlideOptions(tile_shape=(tile, tile), halo=(32, 32), tissue=False, classes=True)
     ref = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "a", opts, progress=False)
     blocks = []
 
@@ -96,7 +121,7 @@ def test_resume_after_a_kill_gives_identical_output(tmp_path):
         banded = segment_slide(tmp_path / "s.ome.tif", MapsFromImage(), tmp_path / "c", opts, progress=False)
     finally:
         monkey.undo()
-    assert banded["work_grid"]["tiles_computed"] > ref["work_grid"]["tiles_computed"]  # band edges twice
+    assert banded["work_grid"]["blocks_computed"] > ref["work_grid"]["blocks_computed"]  # band edges twice
     # ... but loaded from the work folder the second time, not put through the model again
     assert banded["work_grid"]["tiles_through_model"] == ref["work_grid"]["tiles_through_model"]
     assert banded["work_grid"]["tiles_loaded"] > 0
@@ -117,6 +142,7 @@ def test_real_slide_rescaled_with_tissue_mask(data_dir, tmp_path):
     labels, features, table, manifest = load_outputs(tmp_path, "CMU-1-Small-Region")
     assert labels.shape == (1000, 800) and manifest["work_grid"]["scale"] == pytest.approx(2 / 3)
     assert 0 < man["work_grid"]["tiles_with_tissue"] < man["work_grid"]["tiles"]  # glass tiles skipped
+    assert man["work_grid"]["tiles_through_model"] == man["work_grid"]["tiles_with_tissue"]
     assert len(features) == len(table) == labels.max() > 0
     # coordinates are level-0 slide pixels inside the ROI
     assert table["centroid_x"].between(0, 1200).all() and table["centroid_y"].between(1200, 2700).all()
@@ -124,6 +150,11 @@ def test_real_slide_rescaled_with_tissue_mask(data_dir, tmp_path):
         assert shapely.geometry.shape(f["geometry"]).is_valid
     with pytest.raises(ValueError, match="ROI"):
         segment_slide(svs, MapsFromImage(), tmp_path / "x", SlideOptions(roi=(2000, 0, 500, 100)), progress=False)
+    # small model tiles in blocks of 2 x 2: the glass tiles of a block with tissue are skipped too
+    small = segment_slide(svs, MapsFromImage(), tmp_path / "small", replace(opts, tile_shape=(64, 64), halo=(16, 16)),
+                          progress=False)["work_grid"]
+    assert small["block_shape"] == [128, 128] and small["blocks"] < small["tiles"]
+    assert 0 < small["tiles_through_model"] == small["tiles_with_tissue"] < small["tiles"]
 
 
 def test_dask_two_workers_equal_single_process(tmp_path):

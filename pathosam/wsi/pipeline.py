@@ -11,10 +11,18 @@ Resumable: the work folder ``OUT/NAME.work`` (:mod:`.workdir`) keeps each tile's
 as soon as its batch leaves the model (until every block around the tile is saved) and every
 finished block; running the same command again loads them, puts only the tiles never computed
 through the model and gives the same output as an uninterrupted run. Bound: a SIGKILL loses the
-model work of at most one batch (``batch_size`` tiles, the one inside the model); a
-KeyboardInterrupt (SIGINT) finishes and saves that batch, then stops (nothing lost). Work that
-is redone without the model: re-reading the read-ahead (at most 3 batches) and post-processing
-the blocks whose maps were queued for it (at most 4 batches of tiles, about one block each).
+model work of at most one batch (``batch_size`` tiles rounded up to whole blocks, the one
+inside the model); a KeyboardInterrupt (SIGINT) finishes and saves that batch, then stops
+(nothing lost). Work that is redone without the model: re-reading the read-ahead (at most 3
+batches) and post-processing the blocks whose maps were queued for it (at most
+``MODEL_QUEUE`` + 2 batches).
+
+Blocks: the unit that is read, saved and post-processed is a block of whole model tiles,
+:func:`pathosam.inference.postprocessing_block` (one tile for the reference's 384 px tiles,
+2 x 2 for pathosam_small's 96 px tiles, which would otherwise be post-processed with 5.4x their
+area of context); the model runs on each block's tiles (those with tissue), as
+:func:`pathosam.segment_nuclei` does, so a slide and an image of the same pixels give the same
+labels.
 A slide whose manifest exists with the same settings is skipped. Final files are written under
 temporary names and renamed when complete.
 
@@ -48,11 +56,15 @@ from .workdir import WorkDir
 
 #: Pixel size (um/px) PathoSAM sees by default: 40x scans (its training data are mostly 40x).
 DEFAULT_TARGET_MPP = 0.25
-MANIFEST_FORMAT = "pathosam-slide-1"
+MANIFEST_FORMAT = "pathosam-slide-2"  # 2: blocks of whole model tiles (postprocessing_block)
 #: Blocks are processed in bands of this many tile columns, so the tile maps held at once
 #: (about two rows of a band) do not grow with the slide's width; the tile columns on each
 #: side of a band are loaded again from the work folder for the next band (not recomputed).
 BAND_COLUMNS = 32
+#: Batches of model output that may wait for post-processing. Blocks become ready in bursts (a
+#: block needs its eight neighbours' maps), so a short queue stalls the model behind them; 8
+#: measured 1.2x faster per mm² than 2 for pathosam_small (docs/benchmarks.md), at a few MB.
+MODEL_QUEUE = 8
 
 
 @dataclass
@@ -150,7 +162,16 @@ class _Plan:
     name: str
     options: SlideOptions
     geom: Geometry
-    has_tissue: list[bool]
+    has_tissue: list[bool]  # per block (pipeline tile): any of its model tiles has tissue
+    tile_tissue: np.ndarray  # bool per model tile (the grid of ``options.tile_shape``)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """The pipeline's unit (read, saved, post-processed): whole model tiles
+        (:func:`pathosam.inference.postprocessing_block`)."""
+        from ..inference import postprocessing_block
+
+        return postprocessing_block(self.options.tile_shape)
 
     @property
     def work(self) -> Path:
@@ -165,17 +186,21 @@ class _Plan:
 
         from ..inference import postprocessing_halo
 
-        ts = self.options.tile_shape
+        bs = self.block_shape
         labels = zarr.open_array(str(self.work / "labels.zarr"), mode="r+")
-        halo = postprocessing_halo(ts, self.options.halo, self.options.ais.seeds)
-        return TiledAIS(self.geom.shape, ts, halo, self.options.ais, out=labels, on_result=on_result,
+        halo = postprocessing_halo(bs, self.options.halo, self.options.ais.seeds)
+        return TiledAIS(self.geom.shape, bs, halo, self.options.ais, out=labels, on_result=on_result,
                         blocks=blocks, keep_results=keep_results)
 
 
 def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: str, sig: dict):
     """Tissue mask, work grid and the work folder (kept if it belongs to the same run)."""
+    from ..inference import postprocessing_block
+
     geom = Geometry.for_slide(slide, options)
     tiles = tile_grid(geom.shape, options.tile_shape, options.halo)
+    block_shape = postprocessing_block(options.tile_shape)
+    blocks = tile_grid(geom.shape, block_shape, options.halo)
     thumb, thumb_ds = slide.thumbnail(2048)
     mask = tissue_mask(thumb) if options.tissue else np.ones(thumb.shape[:2], bool)
 
@@ -184,9 +209,14 @@ def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: st
         x, y = geom.to_level0(np.array([r0, r1]), np.array([c0, c1]))
         return (int(y[0]), int(x[0])), (int(np.ceil(y[1])), int(np.ceil(x[1])))
 
-    has_tissue = [tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles]
-    plan = _Plan(Path(slide.path), out_dir, name, options, geom, has_tissue)
-    plan.workdir.open(sig, geom.shape, options.tile_shape)
+    tile_tissue = np.array([tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles], bool)
+    th, tw = options.tile_shape
+    by_tile = tile_tissue.reshape(-1, -(-geom.shape[1] // tw))  # (tile rows, tile cols)
+    # a block has tissue where any of its model tiles has
+    has_tissue = [bool(by_tile[r0 // th : -(-r1 // th), c0 // tw : -(-c1 // tw)].any())
+                  for (r0, c0), (r1, c1) in (b.inner for b in blocks)]
+    plan = _Plan(Path(slide.path), out_dir, name, options, geom, has_tissue, tile_tissue)
+    plan.workdir.open(sig, geom.shape, block_shape)
     plan.workdir.done_blocks(check=True)  # a block file that does not read back is redone
     return plan, mask, thumb_ds
 
@@ -208,14 +238,17 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     run as three overlapping stages (:mod:`.stages`), each at most two batches ahead of the next;
     the model stage saves each batch's maps before handing it on, so a kill loses at most the
     batch inside the model, and a KeyboardInterrupt none (the batch in flight is finished and saved)."""
-    from ..inference import TileInputs, input_size, run_tiles, tile_outputs
+    import torch
+
+    from ..inference import BlockOutputs, TileInputs, background_outputs, input_size, run_tiles, tile_outputs
+    from ..threads import model_stage_threads
     from .stages import background
 
     options, geom, work = plan.options, plan.geom, plan.workdir
     own_slide = slide is None
     slide = open_slide(plan.path) if own_slide else slide
     done_here = work.done_blocks()
-    counts = {"new_blocks": 0, "loaded": 0}
+    counts = {"new_blocks": 0, "loaded": 0, "model_tiles": 0}
 
     def on_result(result: BlockResult) -> None:
         work.save_block(result)
@@ -237,25 +270,34 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
     needed = job.needed_tiles()
     seconds = {"read": 0.0, "model": 0.0}
 
+    n_features = model.class_scheme.n_features if options.classes else None
+    outputs = BlockOutputs(geom.shape, options.tile_shape, plan.block_shape, options.halo)
+
     def read_batches():
-        """Stage 1 (thread), in raster order: ("model", batch of (tile, prepared input)) for tissue
-        tiles, ("ready", [(tile, maps, features)]) for maps saved earlier, ("background", tile)."""
-        pending = []
+        """Stage 1 (thread), in raster order of blocks: ("model", [(block, [(model tile, prepared
+        input)] of its tissue tiles)]) for blocks to compute (about ``batch_size`` tiles an item),
+        ("ready", [(block, maps, features)]) for maps saved earlier, ("background", block)."""
+        pending, n_pending = [], 0
         for i in needed:
             saved = work.load_maps(i) if plan.has_tissue[i] else None
             if plan.has_tissue[i] and saved is None:
                 t0 = time.perf_counter()
                 # the slide's pixels are RGB uint8 already: "none" keeps them, "minmax" stretches per tile
-                block = TileInputs(geom.read(slide, tiles[i].outer), options.normalization, input_size(model))
-                pending.append((tiles[i], block.prepared()))
+                (o0, p0), _ = tiles[i].outer
+                region = TileInputs(geom.read(slide, tiles[i].outer), options.normalization, input_size(model))
+                prepared = [(t, region.prepared(((t.outer[0][0] - o0, t.outer[0][1] - p0),
+                                                 (t.outer[1][0] - o0, t.outer[1][1] - p0))))
+                            for t in outputs.tiles(i) if plan.tile_tissue[t.index]]
+                pending.append((tiles[i], prepared))
+                n_pending += len(prepared)
                 seconds["read"] += time.perf_counter() - t0
-                if len(pending) >= options.batch_size:
+                if n_pending >= options.batch_size:
                     yield "model", pending
-                    pending = []
+                    pending, n_pending = [], 0
                 continue
-            if pending:  # keep raster order: earlier tissue tiles first
+            if pending:  # keep raster order: earlier tissue blocks first
                 yield "model", pending
-                pending = []
+                pending, n_pending = [], 0
             if saved is not None:
                 counts["loaded"] += 1
                 yield "ready", [(tiles[i], *saved)]
@@ -265,43 +307,50 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
             yield "model", pending
 
     def compute():
-        """Stage 2 (thread): [(tile, maps, features)] per item: the model on tissue batches, each
-        batch's maps saved before it is handed on; background maps for tiles without tissue."""
+        """Stage 2 (thread): [(block, maps, features)] per item: the model on the tissue tiles
+        of the item's blocks in batches of ``batch_size``, background maps for their other tiles,
+        each block's maps saved before it is handed on; background maps for blocks without tissue."""
+        whats = ("instance", "semantic") if options.classes else ("instance",)
         for kind, item in background(read_batches(), depth=2, name="pathosam-read"):
             if kind == "ready":
                 yield item
             elif kind == "model":
-                whats = ("instance", "semantic") if options.classes else ("instance",)
-                batch_maps, sec = run_tiles(model, [p[1] for p in item], whats, options.tta)
-                seconds["model"] += sec
-                sems = batch_maps.get("semantic", [None] * len(item))
-                out = [(p[0], *tile_outputs(p[0], m, s)) for p, m, s in zip(item, batch_maps["instance"], sems)]
-                for tile, maps, feats in out:
-                    work.save_maps(tile.index, maps, feats)
+                tile_out = {}
+                todo = [p for _, prepared in item for p in prepared]
+                for k in range(0, len(todo), options.batch_size):
+                    part = todo[k : k + options.batch_size]
+                    batch_maps, sec = run_tiles(model, [p[1] for p in part], whats, options.tta)
+                    seconds["model"] += sec
+                    counts["model_tiles"] += len(part)
+                    sems = batch_maps.get("semantic", [None] * len(part))
+                    for (t, _), m, sm in zip(part, batch_maps["instance"], sems):
+                        tile_out[t.index] = tile_outputs(t, m, sm)
+                out = []
+                for block, _ in item:
+                    for t in outputs.tiles(block.index):
+                        done = outputs.add(t, *tile_out.pop(t.index, None) or background_outputs(t, n_features))
+                    out.append((block, *done[1:]))
+                    work.save_maps(block.index, *done[1:])
                     if on_saved is not None:
-                        on_saved("maps", tile.index)
+                        on_saved("maps", block.index)
                 yield out
             else:
-                (r0, c0), (r1, c1) = item.inner
-                maps = np.ones((3, r1 - r0, c1 - c0), np.float32)
-                maps[0] = 0  # no foreground; distances 1 (background value)
-                feats = None
-                if options.classes:
-                    feats = np.zeros((model.class_scheme.n_features, r1 - r0, c1 - c0), np.float32)
-                    feats[0] = 1  # background class: no votes, no shares
-                yield [(item, maps, feats)]
+                yield [(item, *background_outputs(item, n_features))]
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_stage_threads(input_size(model), threads))  # beside post-processing
     try:
         # stage 3 (here): block post-processing and saving, in the same order as without threads
-        for batch in background(compute(), depth=2, name="pathosam-model"):
+        for batch in background(compute(), depth=MODEL_QUEUE, name="pathosam-model"):
             for tile, maps, feats in batch:
                 job.add(tile.index, maps, feats)
             if bar is not None:
                 bar.update(len(batch))
     finally:
+        torch.set_num_threads(threads)
         if own_slide:
             slide.close()
-    n_model = sum(plan.has_tissue[i] for i in needed) - counts["loaded"]
+    n_model = counts["model_tiles"]
     return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
             "tiles_loaded": counts["loaded"], "read": seconds["read"], "model": seconds["model"],
             "new_blocks": counts["new_blocks"]}
@@ -363,7 +412,7 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
     Resuming: the work folder ``OUT/NAME.work`` (:mod:`.workdir`) keeps each batch's model
     output from the moment it leaves the model and each post-processed block; the same call
     again loads them and puts only the other tiles through the model. Killed (SIGKILL) at any
-    moment, a run loses the model work of at most one batch (``batch_size`` tiles); interrupted
+    moment, a run loses the model work of at most one batch (``batch_size`` tiles, whole blocks); interrupted
     (KeyboardInterrupt / SIGINT), it finishes and saves the batch in the model, then stops.
     ``on_saved(kind, index)`` (single-process runs): called after each save, kind "maps" (a
     tile's model output, in the model thread) or "block"; raising from it stops the run as an
@@ -394,7 +443,7 @@ def segment_slide(path: str | os.PathLike, model, out_dir: str | os.PathLike, op
             bands = _column_bands(plan)
             total = sum(len(plan.job(band).needed_tiles()) for band in bands)
             stats = {"blocks_resumed": plan.job().n_blocks - sum(map(len, bands)), **dict.fromkeys(_SUMMED, 0)}
-            with tqdm(total=total, desc=f"{name}: tiles", unit="tile", disable=not progress) as bar:
+            with tqdm(total=total, desc=f"{name}: blocks", unit="block", disable=not progress) as bar:
                 for band in bands:
                     st = _run_blocks(plan, model, band, slide, bar, on_saved)
                     for k in _SUMMED:
@@ -437,18 +486,18 @@ def _write_outputs(plan: _Plan, out_dir: Path, name: str, mpp: float | None, pro
     from ..io.table import ParquetTableWriter
 
     geom, options = plan.geom, plan.options
-    th, tw = options.tile_shape
+    th, tw = plan.block_shape
     n_rows, n_cols = -(-geom.shape[0] // th), -(-geom.shape[1] // tw)
     work = plan.workdir
     source = zarr.open_array(str(plan.work / "labels.zarr"), mode="r")
     count = 0
-    _, arrays = create_label_zarr(out_dir / f"{name}.ome.zarr", geom.shape, options.tile_shape,
+    _, arrays = create_label_zarr(out_dir / f"{name}.ome.zarr", geom.shape, plan.block_shape,
                                   options.target_mpp or mpp)
     writer = ParquetTableWriter(out_dir / f"{name}.parquet", mpp=mpp is not None, classes=options.classes)
 
     def features():
         nonlocal count
-        merged = iter_merged(geom.shape, options.tile_shape,
+        merged = iter_merged(geom.shape, plan.block_shape,
                              lambda i: [work.load_block(i * n_cols + j) for j in range(n_cols)],
                              source, arrays[0], options.ais.min_size)
         for first, chunk in tqdm(merged, total=n_rows, desc=f"{name}: outputs", unit="row",
@@ -501,8 +550,9 @@ def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seco
                   "levels": [list(s) for s in slide.level_shapes]},
         "model": {"name": model.name, "id": model.model_id, "device": str(model.device)},
         "work_grid": {"shape": list(plan.geom.shape), "scale": plan.geom.scale, "roi_xywh": list(plan.geom.roi),
-                      "tiles": len(plan.has_tissue), "tiles_with_tissue": int(sum(plan.has_tissue)),
-                      "tiles_computed": stats["tiles"], "tiles_through_model": stats["tiles_through_model"],
+                      "tiles": len(plan.tile_tissue), "tiles_with_tissue": int(plan.tile_tissue.sum()),
+                      "block_shape": list(plan.block_shape), "blocks": len(plan.has_tissue),
+                      "blocks_computed": stats["tiles"], "tiles_through_model": stats["tiles_through_model"],
                       "tiles_loaded": stats["tiles_loaded"], "blocks_resumed": stats["blocks_resumed"],
                       "blocks_processed": stats["new_blocks"], "dask_tasks": stats.get("tasks", 0)},
         "tissue_fraction": float(mask.mean()), "tissue_mask_downsample": thumb_ds,
