@@ -43,8 +43,9 @@ DEFAULT_HALO = (64, 64)
 #: Smallest side, in pixels, of the blocks of the block-wise AIS post-processing (whole model
 #: tiles), twice the 64 px context. Each block is post-processed with :func:`postprocessing_halo`
 #: of context, so blocks of small tiles would redo most pixels: 96 px tiles + 64 px context are
-#: 5.4x the pixels, 192 px blocks (2 x 2 tiles) 2.8x. The labels do not depend on the block size
-#: (the stitching is exact).
+#: 5.4x the pixels, 192 px blocks (2 x 2 tiles) 2.8x. The stitching is seam-free whatever the
+#: block size; on real and reference maps the labels are the same for any block size (tests,
+#: docs/benchmarks.md), on the noisy maps of untrained models they can differ slightly.
 MIN_BLOCK = 128
 #: Flips (tensor dims) averaged by the test-time augmentation: identity, columns, rows, both.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
