@@ -38,13 +38,7 @@ def tile_grid(shape: tuple[int, int], tile_shape: tuple[int, int], halo: tuple[i
     hh, hw = int(halo[0]), int(halo[1])
     if th <= 0 or tw <= 0 or hh < 0 or hw < 0:
         raise ValueError(f"tile_shape must be positive and halo non-negative, got {tile_shape}, {halo}")
-    tiles = []
-    for r0 in range(0, H, th):
-        for c0 in range(0, W, tw):
-            r1, c1 = min(r0 + th, H), min(c0 + tw, W)
-            outer = ((max(r0 - hh, 0), max(c0 - hw, 0)), (min(r1 + hh, H), min(c1 + hw, W)))
-            tiles.append(Tile(len(tiles), ((r0, c0), (r1, c1)), outer))
-    return tiles
+    return tiles_within(((0, 0), (H, W)), (th, tw), (hh, hw), (H, W))
 
 
 def tile_slices(block: Block) -> tuple[slice, slice]:

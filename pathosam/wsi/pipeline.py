@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..instances.tiled import AISParams, BlockResult, Nuclei, TiledAIS, iter_merged
-from ..tiling import tile_grid
+from ..tiling import tile_grid, tiles_within
 from .slide import Slide, open_slide
 from .tissue import tile_has_tissue, tissue_mask
 from .workdir import WorkDir
@@ -210,11 +210,9 @@ def _prepare(slide: Slide, model, out_dir: Path, options: SlideOptions, name: st
         return (int(y[0]), int(x[0])), (int(np.ceil(y[1])), int(np.ceil(x[1])))
 
     tile_tissue = np.array([tile_has_tissue(mask, thumb_ds, level0_block(t.outer)) for t in tiles], bool)
-    th, tw = options.tile_shape
-    by_tile = tile_tissue.reshape(-1, -(-geom.shape[1] // tw))  # (tile rows, tile cols)
     # a block has tissue where any of its model tiles has
-    has_tissue = [bool(by_tile[r0 // th : -(-r1 // th), c0 // tw : -(-c1 // tw)].any())
-                  for (r0, c0), (r1, c1) in (b.inner for b in blocks)]
+    has_tissue = [bool(tile_tissue[[t.index for t in tiles_within(b.inner, options.tile_shape, options.halo,
+                                                                    geom.shape)]].any()) for b in blocks]
     plan = _Plan(Path(slide.path), out_dir, name, options, geom, has_tissue, tile_tissue)
     plan.workdir.open(sig, geom.shape, block_shape)
     plan.workdir.done_blocks(check=True)  # a block file that does not read back is redone
@@ -227,7 +225,7 @@ SavedCallback = Callable[[str, int], None]
 
 
 #: Per-run numbers summed over the bands or tasks of a slide run.
-_SUMMED = ("tiles", "tiles_through_model", "tiles_loaded", "new_blocks", "read", "model")
+_SUMMED = ("blocks", "tiles_through_model", "tiles_loaded", "new_blocks", "read", "model")
 
 
 def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | None = None, bar=None,
@@ -351,7 +349,7 @@ def _run_blocks(plan: _Plan, model, blocks: list[int] | None, slide: Slide | Non
         if own_slide:
             slide.close()
     n_model = counts["model_tiles"]
-    return {"blocks_resumed": resumed, "tiles": len(needed), "tiles_through_model": n_model,
+    return {"blocks_resumed": resumed, "blocks": len(needed), "tiles_through_model": n_model,
             "tiles_loaded": counts["loaded"], "read": seconds["read"], "model": seconds["model"],
             "new_blocks": counts["new_blocks"]}
 
@@ -552,7 +550,7 @@ def _manifest(sig, slide, model, options, plan: _Plan, stats: dict, n: int, seco
         "work_grid": {"shape": list(plan.geom.shape), "scale": plan.geom.scale, "roi_xywh": list(plan.geom.roi),
                       "tiles": len(plan.tile_tissue), "tiles_with_tissue": int(plan.tile_tissue.sum()),
                       "block_shape": list(plan.block_shape), "blocks": len(plan.has_tissue),
-                      "blocks_computed": stats["tiles"], "tiles_through_model": stats["tiles_through_model"],
+                      "blocks_computed": stats["blocks"], "tiles_through_model": stats["tiles_through_model"],
                       "tiles_loaded": stats["tiles_loaded"], "blocks_resumed": stats["blocks_resumed"],
                       "blocks_processed": stats["new_blocks"], "dask_tasks": stats.get("tasks", 0)},
         "tissue_fraction": float(mask.mean()), "tissue_mask_downsample": thumb_ds,
