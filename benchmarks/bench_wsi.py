@@ -212,8 +212,8 @@ def speed_run(model, precision: str, roi, tissue_mm2: float) -> dict:
 
 def bench_speed(threads: int, roi, models: list[str], precisions: list[str], rounds: int = 1) -> dict:
     """Every model x precision on ``roi`` (fastest of ``rounds``; rounds interleave the models,
-    precision order alternating),
-    seconds per mm^2 of tissue, speed-up fp32 / other, and the CMU-1 estimate."""
+    precision order alternating): seconds and CPU seconds per mm^2 of tissue, speed-up fp32 /
+    other, and the CMU-1 estimate."""
     torch.set_num_threads(threads)
     roi_tissue = tissue_area_mm2(shared() / "data/wsi/CMU-1-Small-Region.svs", roi)
     cmu1 = cmu1_tissue()

@@ -71,6 +71,7 @@ def test_slide_run_restores_the_torch_threads(tmp_path):
     image, _ = disk_image((200, 260), seed=1, n=20)
     write_pyramid(tmp_path / "s.ome.tif", image, 0.5)
     before = torch.get_num_threads()
+
     class SmallMaps(MapsFromImage):
         img_size = 256  # a small model: its model stage runs on half the threads, then they are restored
 
